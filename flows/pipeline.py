@@ -1,0 +1,129 @@
+"""The full pipeline: download -> reshape -> export -> sample -> train -> index -> evaluate -> publish.
+
+Trains from scratch on every labelled catalogue item (the training set plus labelled drops), re-embeds
+the whole catalogue and publishes if the evaluation does not regress against the live release.
+Run once without a server: `python -m flows.pipeline --help`.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from storage.catalog import Catalog
+from storage.home import DataHome
+from storage.lock import writer_lock
+from storage.releases import NoReleaseError, ReleaseWriter, complete_release_ids, load_release, recover
+from tasks.download import download_task
+from tasks.evaluate import DEFAULT_GATE_TOLERANCE, evaluate_task, gate, markdown_report, report_artifact
+from tasks.export import export_task
+from tasks.index import catalogue_dataset, index_task
+from tasks.logs import step_logger
+from tasks.publish import publish_task
+from tasks.reshape import reshape_task
+from tasks.sample import sample_task
+from tasks.train import TrainConfig, train_task
+
+DEFAULTS = TrainConfig()
+HEADLINE = ("precision@1", "recall@1", "recall@5", "recall@10", "map@10")
+
+
+def live_release_or_none(home: DataHome):
+    try:
+        return load_release(home)
+    except NoReleaseError:
+        return None
+
+
+def headline(metrics: dict) -> dict:
+    figures = {key: round(metrics[key], 4) for key in HEADLINE if key in metrics}
+    figures["baseline_precision@1"] = round(metrics["baseline_raw_pixels"]["precision@1"], 4)
+    return figures
+
+
+@flow(name="pipeline")
+def pipeline(
+    data_home: str = "",
+    mirror: str = "",
+    architecture: str = DEFAULTS.architecture,
+    embedding_size: int = DEFAULTS.embedding_size,
+    epochs: int = DEFAULTS.epochs,
+    steps_per_epoch: int = DEFAULTS.steps_per_epoch,
+    classes_per_batch: int = DEFAULTS.classes_per_batch,
+    examples_per_class: int = DEFAULTS.examples_per_class,
+    learning_rate: float = DEFAULTS.learning_rate,
+    augment: bool = DEFAULTS.augment,
+    gallery_size: int = 1000,
+    seed: int = DEFAULTS.seed,
+    gate_tolerance: float = DEFAULT_GATE_TOLERANCE,
+    force_publish: bool = False,
+) -> dict:
+    """Train, index, evaluate and publish a release from the Fashion-MNIST files.
+
+    Args:
+        data_home: where everything is stored (default: $FASHION_SIM_HOME, else ./data)
+        mirror: directory or base URL holding the four .gz files (default: $FASHION_MNIST_MIRROR,
+            else the public mirrors)
+        architecture: embedding network: compact (default, measured best) or article (the article's)
+        embedding_size: embedding dimensions (MetricEmbedding output)
+        epochs: training epochs
+        steps_per_epoch: batches per epoch
+        classes_per_batch: classes drawn into every batch (10 = all)
+        examples_per_class: images of each class per batch (batch = classes x examples)
+        learning_rate: Adam's initial learning rate (cosine decay to 5% over the run)
+        augment: random horizontal flips and 2-pixel shifts during training
+        gallery_size: test images exported to gallery/ for the page (class-balanced)
+        seed: seeds sampling, initialisation and augmentation (same seed, same model)
+        gate_tolerance: largest drop in precision@1 / recall@5 against the live release still published
+        force_publish: publish even if the evaluation regresses against the live release
+    """
+    log = step_logger()
+    home = DataHome.from_env(data_home or None).ensure()
+    config = TrainConfig(architecture, embedding_size, epochs, steps_per_epoch, classes_per_batch,
+                         examples_per_class, learning_rate, augment, seed)
+    with writer_lock(home, holder="pipeline"):
+        recovered = recover(home)
+        if recovered["removed_tmp"] or recovered["rolled_forward"] or recovered["forgotten_catalog_rows"]:
+            log.warning("recovered from an interrupted run: %s", recovered)
+        download_task(home.raw, mirror or None)
+        arrays = reshape_task(home.raw, home.arrays)
+        train_images, train_labels = arrays.load("train")
+        test_images, test_labels = arrays.load("test")
+        export_task(test_images, test_labels, home.gallery, gallery_size, seed)
+
+        live = live_release_or_none(home)
+        writer = ReleaseWriter(home)
+        catalog = Catalog(home.catalog)
+        catalogue_dataset(catalog, train_images, train_labels, writer.release_id)
+        items = catalog.load()
+        labelled = items.labels >= 0
+        sampler = sample_task(items.images[labelled], items.labels[labelled], examples_per_class,
+                              steps_per_epoch, classes_per_batch, seed)
+        model, history = train_task(sampler, config)
+        embeddings = index_task(model, items)
+        metrics = evaluate_task(model, test_images, test_labels, embeddings, items)
+        decision = gate(metrics, live.metrics if live else None, gate_tolerance)
+        if force_publish and not decision["publish"]:
+            decision = {**decision, "publish": True, "reason": decision["reason"] + " (published: force_publish)"}
+        report_artifact("pipeline-evaluation", markdown_report(metrics, "Pipeline release candidate", decision))
+        result = {"published": decision["publish"], "gate": decision, "metrics": headline(metrics),
+                  "train_seconds": history["train_seconds"]}
+        if not decision["publish"]:
+            writer.discard()
+            catalog.forget_unpublished(set(complete_release_ids(home)))
+            log.warning("not published: %s", decision["reason"])
+            return {**result, "release_id": live.release_id if live else None}
+        manifest = {
+            "kind": "full", "parent": live.release_id if live else None, "num_items": len(items),
+            "model": {**config.as_dict(), "trained_in": writer.release_id,
+                      "trained_through_item_id": int(items.item_ids[labelled].max())},
+            "history": history,
+        }
+        release_id = publish_task(home, writer, manifest, metrics, new_items=items, new_embeddings=embeddings,
+                                  model=model)
+        return {**result, "release_id": release_id, "path": str(home.releases / release_id)}
+
+
+if __name__ == "__main__":
+    from flows.cli import run_flow_cli
+
+    run_flow_cli(pipeline)

@@ -1,0 +1,84 @@
+"""The data home: one directory that holds everything the pipeline writes.
+
+Layout (see README "Data home"):
+    raw/ arrays/ gallery/ incoming/ processed/ rejected/ releases/ tmp/ catalog.sqlite LATEST .writer.lock
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = "data"
+HOME_ENV = "FASHION_SIM_HOME"
+
+
+@dataclass(frozen=True)
+class DataHome:
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: str | os.PathLike | None = None) -> "DataHome":
+        """The data home named by `root`, else $FASHION_SIM_HOME, else ./data."""
+        chosen = root if root not in (None, "") else os.environ.get(HOME_ENV) or DEFAULT_HOME
+        return cls(Path(chosen).expanduser().resolve())
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def arrays(self) -> Path:
+        return self.root / "arrays"
+
+    @property
+    def gallery(self) -> Path:
+        return self.root / "gallery"
+
+    @property
+    def incoming(self) -> Path:
+        return self.root / "incoming"
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "processed"
+
+    @property
+    def rejected(self) -> Path:
+        return self.root / "rejected"
+
+    @property
+    def releases(self) -> Path:
+        return self.root / "releases"
+
+    @property
+    def tmp(self) -> Path:
+        """Scratch space for releases being written; same filesystem as releases/ so rename is atomic."""
+        return self.root / "tmp"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog.sqlite"
+
+    @property
+    def latest(self) -> Path:
+        return self.root / "LATEST"
+
+    @property
+    def writer_lock(self) -> Path:
+        return self.root / ".writer.lock"
+
+    def ensure(self) -> "DataHome":
+        for folder in (self.raw, self.arrays, self.gallery, self.incoming, self.processed,
+                       self.rejected, self.releases, self.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def relative(self, path: Path) -> str:
+        """A path as stored in the catalogue and releases: relative to the home when inside it."""
+        path = Path(path).resolve()
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)

@@ -1,0 +1,135 @@
+"""One function that turns any accepted image into the dataset's conventions.
+
+Fashion-MNIST items are 28x28 grayscale, a light garment on a black background, centred, the longer
+side filling the frame. Search, the page's upload and the drop folder all go through
+`normalise_image`, so an item is stored exactly as a query of the same file is searched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SIDE = 28
+ACCEPTED_FORMATS = ("PNG", "JPEG")
+MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_PIXELS = 40_000_000  # 40 megapixels: any phone photo, far below a decompression bomb
+BACKGROUND_MARGIN = 24  # grey levels above the background that count as "object" when cropping
+
+
+class ImageRejected(ValueError):
+    """The input cannot be used as an image; str(error) says why, in words a user can act on."""
+
+
+@dataclass(frozen=True)
+class NormalisedImage:
+    pixels: np.ndarray  # (28, 28) uint8, light object on black
+    content_hash: str  # sha256 of the normalised pixels: equal hashes mean the model sees the same item
+    source_format: str
+    source_size: tuple[int, int]
+
+
+def content_hash(pixels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
+
+
+def _open_checked(data: bytes) -> Image.Image:
+    if len(data) == 0:
+        raise ImageRejected("empty file (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageRejected(
+            f"file is {len(data) / 1e6:.1f} MB, above the {MAX_FILE_BYTES / 1e6:.0f} MB limit; "
+            "resize it before adding it"
+        )
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageRejected("not an image PIL can read (is it really a PNG or JPEG?)") from None
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(f"image too large in pixels: {error}") from None
+    if image.format not in ACCEPTED_FORMATS:
+        raise ImageRejected(f"unsupported format {image.format}; use PNG or JPEG")
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageRejected(
+            f"image is {width}x{height} pixels, above the {MAX_PIXELS / 1e6:.0f}-megapixel limit"
+        )
+    if getattr(image, "n_frames", 1) > 1:
+        raise ImageRejected(f"animated {image.format} with {image.n_frames} frames; use a still image")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageRejected(f"image data is damaged or truncated ({error})") from None
+    return image
+
+
+def _to_grayscale(image: Image.Image) -> np.ndarray:
+    """Grayscale float array in [0, 255]; transparency becomes white (the usual product-shot backdrop)."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if wide.max() > 255 else 255.0
+        return np.clip(wide * (255.0 / top), 0, 255)
+    if image.mode == "F":
+        return np.clip(np.asarray(image, dtype=np.float64), 0, 255)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        backdrop = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(backdrop, rgba)
+    return np.asarray(image.convert("L"), dtype=np.float64)
+
+
+def _dataset_conventions(gray: np.ndarray) -> np.ndarray:
+    """Light object on black, cropped to the object, padded square (aspect kept), 28x28."""
+    border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
+    if np.median(border) > 127:
+        gray = 255.0 - gray
+        border = 255.0 - border
+    background = float(np.median(border))
+    scale = max(255.0 - background, 1.0)
+    gray = np.clip((gray - background) * (255.0 / scale), 0, 255)
+    rows = np.flatnonzero((gray > BACKGROUND_MARGIN).any(axis=1))
+    cols = np.flatnonzero((gray > BACKGROUND_MARGIN).any(axis=0))
+    if rows.size == 0:
+        raise ImageRejected("no object found: the image is a single flat colour")
+    gray = gray[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    height, width = gray.shape
+    side = max(height, width)
+    square = np.zeros((side, side), dtype=np.float64)
+    top, left = (side - height) // 2, (side - width) // 2
+    square[top: top + height, left: left + width] = gray
+    resized = Image.fromarray(square.astype(np.uint8), mode="L").resize(
+        (IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS
+    )
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def normalise_image(data: bytes) -> NormalisedImage:
+    """Validate and normalise an encoded PNG/JPEG. Raises ImageRejected with the reason."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = _open_checked(data)
+        except Image.DecompressionBombWarning as error:
+            raise ImageRejected(f"image too large in pixels: {error}") from None
+    fmt, size = image.format, image.size
+    if size == (IMAGE_SIDE, IMAGE_SIDE) and image.mode == "L":
+        already = np.asarray(image, dtype=np.uint8)
+        border = np.concatenate([already[0], already[-1], already[:, 0], already[:, -1]])
+        if np.median(border) < 32:  # already in the dataset's conventions: keep it bit-exact
+            return NormalisedImage(already.copy(), content_hash(already), fmt, size)
+    pixels = _dataset_conventions(_to_grayscale(image))
+    return NormalisedImage(pixels, content_hash(pixels), fmt, size)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE), mode="L").save(
+        buffer, format="PNG"
+    )
+    return buffer.getvalue()

@@ -1,0 +1,336 @@
+"""Releases: immutable directories holding a model, the embedded catalogue and its metrics.
+
+A release is written under tmp/, fsynced, renamed into releases/<id>/ (atomic on one filesystem),
+and only then does LATEST move (os.replace). Readers resolve LATEST once and open only complete
+releases, so they never see half of one and never wait for a writer.
+
+    releases/<id>/
+        manifest.json        written last; lists every file with its size
+        model.keras          the embedding network (tf-keras format: config + h5 weights, no pickle)
+        metrics.json         evaluation of this release (see tasks/evaluate.py)
+        segments/<name>/     embeddings.npy item_ids.npy labels.npy images.npy paths.npy sources.npy
+
+Segments are immutable too: a re-index hard-links the live release's segments into the new release
+and adds one segment with the new items, so its cost grows with the new items, not the index.
+Nothing in a release is unpickled: arrays load with allow_pickle=False, the model from its config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage.atomic import atomic_write_text, fsync_dir, fsync_file
+from storage.catalog import Catalog, CatalogItems
+from storage.home import DataHome
+from storage.labels import label_name
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.keras"
+METRICS_FILE = "metrics.json"
+SEGMENT_ARRAYS = ("embeddings", "item_ids", "labels", "images", "paths", "sources")
+RELEASE_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z$")
+
+
+class ReleaseError(RuntimeError):
+    """A release cannot be used; the message says which and what to do."""
+
+
+class NoReleaseError(ReleaseError):
+    """Nothing has been published yet."""
+
+
+def new_release_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+
+def latest_release_id(home: DataHome) -> str | None:
+    """The id LATEST points at, validated to be a plain release id; None when nothing is published."""
+    try:
+        text = home.latest.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if not RELEASE_ID_PATTERN.match(text):
+        raise ReleaseError(
+            f"{home.latest} holds {text[:80]!r}, which is not a release id of this store; refusing to "
+            "load it. Point it at a directory name under releases/ or publish a new release."
+        )
+    return text
+
+
+def read_manifest(home: DataHome, release_id: str) -> dict[str, Any]:
+    """The manifest of a complete release inside this store's releases/, checked; else ReleaseError."""
+    if not RELEASE_ID_PATTERN.match(release_id or ""):
+        raise ReleaseError(f"{release_id!r} is not a release id of this store")
+    releases = home.releases.resolve()
+    path = (releases / release_id).resolve()
+    if path.parent != releases:
+        raise ReleaseError(f"release {release_id} resolves outside {releases}; refusing to load it")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise ReleaseError(f"release {release_id} has no manifest.json: it is not a complete release") from None
+    except json.JSONDecodeError as error:
+        raise ReleaseError(f"release {release_id} has an unreadable manifest.json ({error})") from None
+    if manifest.get("release_id") != release_id or not isinstance(manifest.get("files"), dict):
+        raise ReleaseError(f"release {release_id} has a manifest that does not describe it; refusing it")
+    for relative, size in manifest["files"].items():
+        file = (path / relative).resolve()
+        if path not in file.parents or not file.is_file() or file.stat().st_size != size:
+            raise ReleaseError(f"release {release_id} is damaged: {relative} is missing or has the wrong size")
+    return manifest
+
+
+def complete_release_ids(home: DataHome) -> list[str]:
+    """Ids of the releases in releases/ that have a valid manifest, oldest first."""
+    if not home.releases.is_dir():
+        return []
+    found = []
+    for entry in sorted(home.releases.iterdir()):
+        try:
+            read_manifest(home, entry.name)
+        except ReleaseError:
+            continue
+        found.append(entry.name)
+    return found
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    item_id: int
+    label: int
+    label_name: str
+    distance: float
+    path: str
+    rank: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "item_id": self.item_id, "label": self.label,
+                "label_name": self.label_name, "distance": round(self.distance, 6), "path": self.path}
+
+
+@dataclass
+class Release:
+    """A loaded release: the catalogue's embeddings, its items, and the model that embeds queries."""
+
+    release_id: str
+    path: Path
+    manifest: dict[str, Any]
+    embeddings: np.ndarray  # float32 (n, d), unit length
+    items: CatalogItems
+    metrics: dict[str, Any]
+    _embed_fn: Any = field(default=None, repr=False)
+    _model: Any = field(default=None, repr=False)
+
+    @property
+    def no_match_distance(self) -> float | None:
+        return self.metrics.get("no_match_distance")
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._load_model()
+        return self._model
+
+    def _load_model(self) -> None:
+        from storage.runtime import load_tensorflow, load_tensorflow_similarity
+
+        tf = load_tensorflow()
+        load_tensorflow_similarity()  # registers MetricEmbedding with Keras
+        self._model = tf.keras.models.load_model(self.path / MODEL_FILE, compile=False, safe_mode=True)
+        self._embed_fn = make_embedder(self._model)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Embed uint8 images (n, 28, 28) or (n, 28, 28, 1) with this release's model."""
+        if self._embed_fn is None:
+            self._load_model()
+        return self._embed_fn(images)
+
+    def nearest(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact cosine k-NN: one matrix product and a partial sort. Returns (distances, row indices)."""
+        return exact_knn(query_embeddings, self.embeddings, k)
+
+    def search(self, images: np.ndarray, k: int = 10) -> list[list[Neighbour]]:
+        """Nearest catalogue items for each normalised image, closest first."""
+        distances, rows = self.nearest(self.embed(images), k)
+        return [
+            [
+                Neighbour(
+                    item_id=int(self.items.item_ids[row]), label=int(self.items.labels[row]),
+                    label_name=label_name(int(self.items.labels[row])), distance=float(dist),
+                    path=str(self.items.paths[row]), rank=rank + 1,
+                )
+                for rank, (row, dist) in enumerate(zip(query_rows, query_dists))
+            ]
+            for query_rows, query_dists in zip(rows, distances)
+        ]
+
+
+def make_embedder(model, batch_size: int = 2048):
+    """A function uint8 images -> float32 embeddings that calls a compiled graph of `model`.
+
+    Calling the model through one tf.function (fixed signature, no retracing) instead of predict()
+    keeps a single query well under a millisecond of framework overhead.
+    """
+    from storage.runtime import load_tensorflow
+
+    tf = load_tensorflow()
+    side = int(model.input_shape[1])
+    compiled = tf.function(lambda x: model(x, training=False),
+                           input_signature=[tf.TensorSpec([None, side, side, 1], tf.float32)])
+    width = int(model.output_shape[-1])
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        batch = np.asarray(images, dtype=np.float32).reshape(len(images), side, side, 1)
+        parts = [compiled(batch[i: i + batch_size]).numpy() for i in range(0, len(batch), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
+
+    return embed
+
+
+def exact_knn(queries: np.ndarray, base: np.ndarray, k: int, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine distances (1 - dot of unit vectors) to the k nearest rows of `base`, closest first."""
+    queries = np.asarray(queries, dtype=np.float32)
+    k = max(1, min(int(k), len(base)))
+    all_dist = np.empty((len(queries), k), dtype=np.float32)
+    all_rows = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), chunk):
+        scores = queries[start: start + chunk] @ base.T
+        if k < scores.shape[1]:
+            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        else:
+            part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+        top = np.take_along_axis(scores, part, axis=1)
+        order = np.argsort(-top, axis=1, kind="stable")
+        all_rows[start: start + chunk] = np.take_along_axis(part, order, axis=1)
+        all_dist[start: start + chunk] = 1.0 - np.take_along_axis(top, order, axis=1)
+    return all_dist, all_rows
+
+
+def _load_segment(folder: Path) -> dict[str, np.ndarray]:
+    return {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in SEGMENT_ARRAYS}
+
+
+def load_release(home: DataHome, release_id: str | None = None) -> Release:
+    """Open a complete release of this store (LATEST when no id is given)."""
+    release_id = release_id or latest_release_id(home)
+    if release_id is None:
+        raise NoReleaseError(
+            f"No release is published in {home.root} yet. Run `make demo` or "
+            "`python -m flows.pipeline` to publish one."
+        )
+    manifest = read_manifest(home, release_id)
+    path = home.releases / release_id
+    segments = [_load_segment(path / "segments" / name) for name in manifest["segments"]]
+    joined = {name: np.concatenate([s[name] for s in segments]) for name in SEGMENT_ARRAYS}
+    items = CatalogItems(item_ids=joined["item_ids"], labels=joined["labels"], images=joined["images"],
+                         paths=joined["paths"], sources=joined["sources"])
+    metrics_path = path / METRICS_FILE
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return Release(release_id, path, manifest, np.ascontiguousarray(joined["embeddings"], np.float32), items, metrics)
+
+
+# ----------------------------------------------------------------------------------------- writing
+
+
+class ReleaseWriter:
+    """Builds one release under tmp/; `publish` makes it visible in one atomic step."""
+
+    def __init__(self, home: DataHome):
+        self.home = home.ensure()
+        self.release_id = new_release_id()
+        self.path = home.tmp / self.release_id
+        (self.path / "segments").mkdir(parents=True)
+        self.segments: list[str] = []
+
+    def add_segment(self, items: CatalogItems, embeddings: np.ndarray) -> str:
+        name = f"{self.release_id}-{len(self.segments)}"
+        folder = self.path / "segments" / name
+        folder.mkdir()
+        arrays = {"embeddings": np.asarray(embeddings, np.float32), "item_ids": items.item_ids,
+                  "labels": items.labels, "images": items.images, "paths": items.paths.astype(str),
+                  "sources": items.sources.astype(str)}
+        for key, value in arrays.items():
+            np.save(folder / f"{key}.npy", value, allow_pickle=False)
+        self.segments.append(name)
+        return name
+
+    def link_segments_from(self, release: Release) -> None:
+        """Reuse a release's segments by hard link: no copy, and the originals are never modified."""
+        for name in release.manifest["segments"]:
+            source = release.path / "segments" / name
+            target = self.path / "segments" / name
+            target.mkdir()
+            for file in source.iterdir():
+                os.link(file, target / file.name)
+            self.segments.append(name)
+
+    def save_model(self, model) -> None:
+        model.save(self.path / MODEL_FILE, save_format="keras")
+
+    def link_model_from(self, release: Release) -> None:
+        os.link(release.path / MODEL_FILE, self.path / MODEL_FILE)
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> None:
+        (self.path / name).write_text(json.dumps(payload, indent=2, sort_keys=True))
+
+    def publish(self, manifest: dict[str, Any]) -> str:
+        """fsync everything, write the manifest, rename into releases/, then move LATEST."""
+        files = {}
+        for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
+            fsync_file(file)
+            files[file.relative_to(self.path).as_posix()] = file.stat().st_size
+        full = {**manifest, "release_id": self.release_id, "segments": self.segments, "files": files,
+                "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        (self.path / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
+        fsync_file(self.path / MANIFEST)
+        for folder in [*(p for p in self.path.rglob("*") if p.is_dir()), self.path]:
+            fsync_dir(folder)
+        final = self.home.releases / self.release_id
+        os.rename(self.path, final)
+        fsync_dir(self.home.releases)
+        set_latest(self.home, self.release_id)
+        return self.release_id
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def set_latest(home: DataHome, release_id: str) -> None:
+    read_manifest(home, release_id)
+    atomic_write_text(home.latest, release_id + "\n")
+
+
+def recover(home: DataHome) -> dict[str, Any]:
+    """Undo what a killed writer left. Call with the writer lock held, before writing anything.
+
+    - tmp/ leftovers (half-written releases, partial downloads of a dead run) are deleted;
+    - a complete release built on the live one whose LATEST move was lost is published (roll forward);
+    - catalogue rows of releases that never reached releases/ are deleted.
+    """
+    home.ensure()
+    removed = []
+    for leftover in home.tmp.iterdir():
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        removed.append(leftover.name)
+    complete = complete_release_ids(home)
+    live = latest_release_id(home) if home.latest.exists() else None
+    rolled_forward = None
+    if complete and complete[-1] != live:
+        newest = read_manifest(home, complete[-1])
+        if live is None or (newest.get("parent") == live and complete[-1] > live):
+            set_latest(home, complete[-1])
+            rolled_forward = complete[-1]
+    forgotten = Catalog(home.catalog).forget_unpublished(set(complete)) if home.catalog.exists() else 0
+    return {"removed_tmp": removed, "rolled_forward": rolled_forward, "forgotten_catalog_rows": forgotten}

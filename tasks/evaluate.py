@@ -1,0 +1,116 @@
+"""evaluate: retrieval quality of test queries against the index, beside the raw-pixel baseline.
+
+Definitions (every query is a test image; "relevant" = an indexed item of the query's class):
+- precision@k: mean share of relevant items among the k nearest (precision@1 = nearest is relevant).
+- recall@k: share of queries with at least one relevant item among the k nearest (TF Similarity's).
+- MAP@10: mean over queries of sum_{i<=10} precision@i * rel_i / 10 (every class has >= 10 items).
+- per-class precision@1 and the confusion matrix (query class x class of the nearest item).
+- no_match_distance: 99th percentile of the nearest-item distance over correctly matched test
+  queries; a query whose nearest item is farther than this looks unlike anything in the catalogue.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from storage.labels import CLASS_NAMES, NUM_CLASSES
+from storage.catalog import CatalogItems
+from storage.releases import exact_knn, make_embedder
+from tasks.logs import step_logger
+
+K_VALUES = (1, 5, 10)
+DEFAULT_GATE_TOLERANCE = 0.005
+
+
+def retrieval_metrics(query_emb: np.ndarray, query_labels: np.ndarray, index_emb: np.ndarray,
+                      index_labels: np.ndarray, k_max: int = 10) -> dict:
+    distances, rows = exact_knn(query_emb, index_emb, k_max)
+    neighbour_labels = np.asarray(index_labels)[rows]
+    relevant = neighbour_labels == np.asarray(query_labels)[:, None]
+    precision_at = np.cumsum(relevant, axis=1) / np.arange(1, relevant.shape[1] + 1)
+    nearest_ok = relevant[:, 0]
+    query_labels = np.asarray(query_labels)
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    nearest = neighbour_labels[:, 0]
+    known = (nearest >= 0) & (nearest < NUM_CLASSES)
+    np.add.at(confusion, (query_labels[known], nearest[known]), 1)
+    per_class = {CLASS_NAMES[c]: float(nearest_ok[query_labels == c].mean())
+                 for c in range(NUM_CLASSES) if (query_labels == c).any()}
+    matched = distances[nearest_ok, 0]
+    return {
+        "queries": int(len(query_labels)),
+        "indexed_items": int(len(index_labels)),
+        **{f"precision@{k}": float(precision_at[:, k - 1].mean()) for k in K_VALUES if k <= k_max},
+        **{f"recall@{k}": float(relevant[:, :k].any(axis=1).mean()) for k in K_VALUES if k <= k_max},
+        "map@10": float((precision_at * relevant).sum(axis=1).mean() / k_max),
+        "per_class_precision@1": per_class,
+        "confusion": confusion.tolist(),
+        "no_match_distance": float(np.percentile(matched, 99)) if matched.size else None,
+    }
+
+
+def pixel_vectors(images: np.ndarray) -> np.ndarray:
+    flat = np.asarray(images, dtype=np.float32).reshape(len(images), -1)
+    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-6)
+
+
+def evaluate_release(model, query_images, query_labels, index_emb: np.ndarray, items: CatalogItems) -> dict:
+    """Embed the test queries with `model`, measure retrieval against the index, and the raw-pixel
+    cosine kNN baseline over the same items beside it."""
+    log = step_logger()
+    query_emb = make_embedder(model)(query_images)
+    metrics = retrieval_metrics(query_emb, query_labels, index_emb, items.labels)
+    baseline = retrieval_metrics(pixel_vectors(query_images), query_labels, pixel_vectors(items.images),
+                                 items.labels)
+    metrics["baseline_raw_pixels"] = {k: baseline[k] for k in baseline
+                                      if k.startswith(("precision@", "recall@", "map@"))}
+    metrics["gain_over_baseline_precision@1"] = metrics["precision@1"] - baseline["precision@1"]
+    log.info("evaluate: precision@1 %.4f (raw pixels %.4f), recall@5 %.4f, MAP@10 %.4f",
+             metrics["precision@1"], baseline["precision@1"], metrics["recall@5"], metrics["map@10"])
+    return metrics
+
+
+def gate(candidate: dict, live: dict | None, tolerance: float = DEFAULT_GATE_TOLERANCE) -> dict:
+    """Publish only if the candidate's precision@1 and recall@5 are not worse than live by > tolerance."""
+    if not live:
+        return {"publish": True, "reason": "no live release to compare against", "tolerance": tolerance}
+    drops = {key: live[key] - candidate[key] for key in ("precision@1", "recall@5") if key in live}
+    worst = max(drops.values(), default=0.0)
+    ok = worst <= tolerance
+    return {
+        "publish": ok, "tolerance": tolerance,
+        "candidate": {k: candidate[k] for k in drops}, "live": {k: live[k] for k in drops},
+        "reason": ("candidate does not regress" if ok else
+                   f"candidate regresses by {worst:.4f} (> tolerance {tolerance}) against the live release"),
+    }
+
+
+def markdown_report(metrics: dict, title: str, gate_decision: dict | None = None) -> str:
+    base = metrics.get("baseline_raw_pixels", {})
+    lines = [f"# {title}", "", "| metric | model | raw-pixel kNN |", "|---|---|---|"]
+    for key in ("precision@1", "precision@5", "precision@10", "recall@1", "recall@5", "recall@10", "map@10"):
+        if key in metrics:
+            lines.append(f"| {key} | {metrics[key]:.4f} | {base.get(key, float('nan')):.4f} |")
+    lines += ["", f"Queries: {metrics['queries']}, indexed items: {metrics['indexed_items']}, "
+              f"no-match distance: {metrics.get('no_match_distance')}", "",
+              "| class | precision@1 |", "|---|---|"]
+    lines += [f"| {name} | {value:.4f} |" for name, value in metrics["per_class_precision@1"].items()]
+    if gate_decision:
+        lines += ["", f"**Gate:** {'publish' if gate_decision['publish'] else 'refuse'} - {gate_decision['reason']}"]
+    return "\n".join(lines)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(model, query_images, query_labels, index_emb, items: CatalogItems) -> dict:
+    return evaluate_release(model, query_images, query_labels, index_emb, items)
+
+
+def report_artifact(key: str, markdown: str) -> None:
+    """Record a markdown artifact on the current flow run (no-op outside one)."""
+    try:
+        create_markdown_artifact(key=key, markdown=markdown, description="retrieval evaluation")
+    except Exception as error:  # noqa: BLE001 - an artifact must never fail the run it reports on
+        step_logger().warning("could not record artifact %s: %s", key, error)

@@ -1,0 +1,53 @@
+"""export: a class-balanced subset of test images to gallery/<class>/test-<index>.png.
+
+The page shows these as pickable queries; gallery/index.json lists them (written atomically last).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.images import encode_png
+from storage.labels import CLASS_SLUGS, NUM_CLASSES
+from tasks.logs import step_logger
+
+GALLERY_INDEX = "index.json"
+
+
+def balanced_indices(labels: np.ndarray, total: int, seed: int) -> np.ndarray:
+    """`total` indices, as equal a share per class as the data allows, in a seeded order."""
+    rng = np.random.default_rng(seed)
+    per_class = max(1, total // NUM_CLASSES)
+    chosen = []
+    for label in range(NUM_CLASSES):
+        members = np.flatnonzero(labels == label)
+        chosen.append(rng.permutation(members)[:per_class])
+    return np.sort(np.concatenate(chosen))
+
+
+def export_gallery(test_images: np.ndarray, test_labels: np.ndarray, gallery_dir: Path,
+                   gallery_size: int, seed: int) -> list[dict]:
+    log = step_logger()
+    gallery_dir = Path(gallery_dir)
+    entries = []
+    for index in balanced_indices(test_labels, gallery_size, seed):
+        label = int(test_labels[index])
+        relative = f"{CLASS_SLUGS[label]}/test-{index:05d}.png"
+        target = gallery_dir / relative
+        if not target.exists():
+            atomic_write_bytes(target, encode_png(test_images[index]))
+        entries.append({"path": relative, "label": label, "test_index": int(index)})
+    atomic_write_text(gallery_dir / GALLERY_INDEX, json.dumps(entries))
+    log.info("export: %d gallery images in %s", len(entries), gallery_dir)
+    return entries
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export_task(test_images, test_labels, gallery_dir: Path, gallery_size: int, seed: int) -> list[dict]:
+    return export_gallery(test_images, test_labels, gallery_dir, gallery_size, seed)

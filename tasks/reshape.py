@@ -1,0 +1,101 @@
+"""reshape: idx .gz files -> numpy arrays (N, 28, 28, 1) uint8 + uint8 labels, validated.
+
+The arrays are rebuilt only when the .gz files they came from change (their md5s are recorded in
+arrays/source.json), so a second run costs a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.labels import NUM_CLASSES
+from tasks.download import md5_of
+from tasks.logs import step_logger
+
+SPLITS = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+
+
+class DatasetFormatError(ValueError):
+    """An idx file is not what Fashion-MNIST files look like."""
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """Where the reshaped arrays are; `load` maps them into memory."""
+
+    folder: Path
+
+    def path(self, split: str, kind: str) -> Path:
+        return self.folder / f"{split}_{kind}.npy"
+
+    def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return np.load(self.path(split, "images")), np.load(self.path(split, "labels"))
+
+
+def read_idx_images(path: Path) -> np.ndarray:
+    data = gzip.decompress(Path(path).read_bytes())
+    if len(data) < 16:
+        raise DatasetFormatError(f"{path.name}: too short for an idx3 header")
+    magic, count, rows, cols = struct.unpack(">IIII", data[:16])
+    if magic != IMAGES_MAGIC or (rows, cols) != (28, 28):
+        raise DatasetFormatError(f"{path.name}: magic {magic}, shape {rows}x{cols}; expected 2051 and 28x28")
+    if len(data) != 16 + count * rows * cols:
+        raise DatasetFormatError(f"{path.name}: {len(data) - 16} pixel bytes for {count} images")
+    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols, 1)
+
+
+def read_idx_labels(path: Path) -> np.ndarray:
+    data = gzip.decompress(Path(path).read_bytes())
+    magic, count = struct.unpack(">II", data[:8])
+    if magic != LABELS_MAGIC or len(data) != 8 + count:
+        raise DatasetFormatError(f"{path.name}: magic {magic} or length does not match {count} labels")
+    labels = np.frombuffer(data, dtype=np.uint8, offset=8)
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DatasetFormatError(f"{path.name}: label {labels.max()} outside 0..{NUM_CLASSES - 1}")
+    return labels
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def reshape_dataset(raw_dir: Path, arrays_dir: Path) -> Arrays:
+    log = step_logger()
+    arrays = Arrays(Path(arrays_dir))
+    stamp_path = arrays.folder / "source.json"
+    sources = {name: md5_of(Path(raw_dir) / name) for pair in SPLITS.values() for name in pair}
+    outputs = [arrays.path(split, kind) for split in SPLITS for kind in ("images", "labels")]
+    if stamp_path.exists() and json.loads(stamp_path.read_text()) == sources and all(p.exists() for p in outputs):
+        log.info("reshape: arrays already built from these files")
+        return arrays
+    for split, (images_file, labels_file) in SPLITS.items():
+        images = read_idx_images(Path(raw_dir) / images_file)
+        labels = read_idx_labels(Path(raw_dir) / labels_file)
+        if len(images) != len(labels):
+            raise DatasetFormatError(f"{split}: {len(images)} images but {len(labels)} labels")
+        _save_npy(arrays.path(split, "images"), images)
+        _save_npy(arrays.path(split, "labels"), labels)
+        log.info("reshape %s: %s images, classes %s", split, images.shape, np.bincount(labels).tolist())
+    atomic_write_text(stamp_path, json.dumps(sources, sort_keys=True))
+    return arrays
+
+
+@task(name="reshape", cache_policy=NO_CACHE)
+def reshape_task(raw_dir: Path, arrays_dir: Path) -> Arrays:
+    return reshape_dataset(raw_dir, arrays_dir)

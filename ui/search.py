@@ -1,0 +1,63 @@
+"""Query the live release from the command line: `python -m ui.search IMAGE... [--k K]`.
+
+Prints one JSON object per image: the release id and the k nearest items (item id, label, label
+name, distance, path). Images of any size and mode are normalised by storage.images.normalise_image,
+the same function the page and the drop folder use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from storage.home import DataHome
+from storage.images import ImageRejected, normalise_image
+from storage.releases import Release, ReleaseError, load_release
+
+
+def search_files(release: Release, paths: list[Path], k: int) -> list[dict]:
+    """One result per file: neighbours, or the reason the file could not be searched."""
+    results, accepted, pixels = [], [], []
+    for path in paths:
+        try:
+            image = normalise_image(Path(path).read_bytes())
+        except (ImageRejected, OSError) as error:
+            results.append({"image": str(path), "release_id": release.release_id, "error": str(error)})
+            continue
+        accepted.append(len(results))
+        pixels.append(image.pixels)
+        results.append({"image": str(path), "release_id": release.release_id})
+    if pixels:
+        import numpy as np
+
+        for position, neighbours in zip(accepted, release.search(np.stack(pixels), k)):
+            nearest = neighbours[0].distance if neighbours else None
+            limit = release.no_match_distance
+            results[position]["neighbours"] = [n.as_dict() for n in neighbours]
+            results[position]["no_match"] = bool(limit is not None and nearest is not None and nearest > limit)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ui.search", description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", nargs="+", type=Path, help="PNG or JPEG files to search with")
+    parser.add_argument("--k", type=int, default=10, help="neighbours per image (default 10)")
+    parser.add_argument("--data-home", default="", help="data home (default $FASHION_SIM_HOME, else ./data)")
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error("--k must be at least 1")
+    try:
+        release = load_release(DataHome.from_env(args.data_home or None))
+    except ReleaseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    results = search_files(release, args.images, args.k)
+    for result in results:
+        print(json.dumps(result))
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
