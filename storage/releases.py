@@ -12,6 +12,7 @@ releases, so they never see half of one and never wait for a writer.
 
 Segments are immutable too: a re-index hard-links the live release's segments into the new release
 and adds one segment with the new items, so its cost grows with the new items, not the index.
+Segments of 20,000+ items also hold an HNSW graph (storage/search_index.py).
 Nothing in a release is unpickled: arrays load with allow_pickle=False, the model from its config.
 """
 
@@ -32,6 +33,8 @@ from storage.atomic import atomic_write_text, fsync_dir, fsync_file
 from storage.catalog import Catalog, CatalogItems
 from storage.home import DataHome
 from storage.labels import label_name
+from storage.search_index import (ANN_MIN_ITEMS, HNSW_FILE, Segment, SegmentedIndex, build_hnsw,
+                                  load_hnsw)
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
@@ -83,8 +86,15 @@ def read_manifest(home: DataHome, release_id: str) -> dict[str, Any]:
         raise ReleaseError(f"release {release_id} has no manifest.json: it is not a complete release") from None
     except json.JSONDecodeError as error:
         raise ReleaseError(f"release {release_id} has an unreadable manifest.json ({error})") from None
-    if manifest.get("release_id") != release_id or not isinstance(manifest.get("files"), dict):
+    if (manifest.get("release_id") != release_id or not isinstance(manifest.get("files"), dict)
+            or not isinstance(manifest.get("segments"), list)):
         raise ReleaseError(f"release {release_id} has a manifest that does not describe it; refusing it")
+    # everything load_release opens must be a listed (so size-checked, inside-the-release) file
+    needed = [MODEL_FILE, *(f"segments/{name}/{array}.npy" for name in manifest["segments"]
+                            for array in SEGMENT_ARRAYS)]
+    unlisted = [relative for relative in needed if relative not in manifest["files"]]
+    if unlisted:
+        raise ReleaseError(f"release {release_id} is damaged: its manifest does not list {unlisted[0]}")
     for relative, size in manifest["files"].items():
         file = (path / relative).resolve()
         if path not in file.parents or not file.is_file() or file.stat().st_size != size:
@@ -130,6 +140,7 @@ class Release:
     embeddings: np.ndarray  # float32 (n, d), unit length
     items: CatalogItems
     metrics: dict[str, Any]
+    index: SegmentedIndex = field(repr=False)
     _embed_fn: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
 
@@ -157,9 +168,10 @@ class Release:
             self._load_model()
         return self._embed_fn(images)
 
-    def nearest(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine k-NN: one matrix product and a partial sort. Returns (distances, row indices)."""
-        return exact_knn(query_embeddings, self.embeddings, k)
+    def nearest(self, query_embeddings: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine k-NN over every segment (graph or exact; exact=True forces brute force).
+        Returns (distances, row indices into this release's arrays), closest first."""
+        return self.index.nearest(query_embeddings, k, exact=exact)
 
     def search(self, images: np.ndarray, k: int = 10) -> list[list[Neighbour]]:
         """Nearest catalogue items for each normalised image, closest first."""
@@ -199,27 +211,19 @@ def make_embedder(model, batch_size: int = 2048):
     return embed
 
 
-def exact_knn(queries: np.ndarray, base: np.ndarray, k: int, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine distances (1 - dot of unit vectors) to the k nearest rows of `base`, closest first."""
-    queries = np.asarray(queries, dtype=np.float32)
-    k = max(1, min(int(k), len(base)))
-    all_dist = np.empty((len(queries), k), dtype=np.float32)
-    all_rows = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), chunk):
-        scores = queries[start: start + chunk] @ base.T
-        if k < scores.shape[1]:
-            part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        else:
-            part = np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
-        top = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-top, axis=1, kind="stable")
-        all_rows[start: start + chunk] = np.take_along_axis(part, order, axis=1)
-        all_dist[start: start + chunk] = 1.0 - np.take_along_axis(top, order, axis=1)
-    return all_dist, all_rows
-
-
 def _load_segment(folder: Path) -> dict[str, np.ndarray]:
     return {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in SEGMENT_ARRAYS}
+
+
+def _segment_index(path: Path, names: list[str], arrays: list[dict[str, np.ndarray]]) -> SegmentedIndex:
+    segments, offset = [], 0
+    for name, segment in zip(names, arrays):
+        embeddings = np.ascontiguousarray(segment["embeddings"], np.float32)
+        graph_file = path / "segments" / name / HNSW_FILE
+        graph = load_hnsw(graph_file, embeddings.shape[1], len(embeddings)) if graph_file.exists() else None
+        segments.append(Segment(offset, embeddings, graph))
+        offset += len(embeddings)
+    return SegmentedIndex(segments)
 
 
 def load_release(home: DataHome, release_id: str | None = None) -> Release:
@@ -234,11 +238,13 @@ def load_release(home: DataHome, release_id: str | None = None) -> Release:
     path = home.releases / release_id
     segments = [_load_segment(path / "segments" / name) for name in manifest["segments"]]
     joined = {name: np.concatenate([s[name] for s in segments]) for name in SEGMENT_ARRAYS}
+    index = _segment_index(path, manifest["segments"], segments)
     items = CatalogItems(item_ids=joined["item_ids"], labels=joined["labels"], images=joined["images"],
                          paths=joined["paths"], sources=joined["sources"])
     metrics_path = path / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return Release(release_id, path, manifest, np.ascontiguousarray(joined["embeddings"], np.float32), items, metrics)
+    return Release(release_id, path, manifest, np.ascontiguousarray(joined["embeddings"], np.float32), items,
+                   metrics, index)
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -263,6 +269,8 @@ class ReleaseWriter:
                   "sources": items.sources.astype(str)}
         for key, value in arrays.items():
             np.save(folder / f"{key}.npy", value, allow_pickle=False)
+        if len(items) >= ANN_MIN_ITEMS:
+            build_hnsw(arrays["embeddings"], folder / HNSW_FILE)
         self.segments.append(name)
         return name
 

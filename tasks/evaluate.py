@@ -18,7 +18,8 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.labels import CLASS_NAMES, NUM_CLASSES
 from storage.catalog import CatalogItems
-from storage.releases import exact_knn, make_embedder
+from storage.releases import make_embedder
+from storage.search_index import exact_knn
 from tasks.logs import step_logger
 
 K_VALUES = (1, 5, 10)
@@ -108,9 +109,9 @@ def evaluate_task(model, query_images, query_labels, index_emb, items: CatalogIt
     return evaluate_release(model, query_images, query_labels, index_emb, items)
 
 
-def report_artifact(key: str, markdown: str) -> None:
+def report_artifact(key: str, markdown: str, description: str = "retrieval evaluation") -> None:
     """Record a markdown artifact on the current flow run (no-op outside one)."""
     try:
-        create_markdown_artifact(key=key, markdown=markdown, description="retrieval evaluation")
+        create_markdown_artifact(key=key, markdown=markdown, description=description)
     except Exception as error:  # noqa: BLE001 - an artifact must never fail the run it reports on
         step_logger().warning("could not record artifact %s: %s", key, error)

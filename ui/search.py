@@ -33,10 +33,8 @@ def search_files(release: Release, paths: list[Path], k: int) -> list[dict]:
         import numpy as np
 
         for position, neighbours in zip(accepted, release.search(np.stack(pixels), k)):
-            nearest = neighbours[0].distance if neighbours else None
-            limit = release.no_match_distance
             results[position]["neighbours"] = [n.as_dict() for n in neighbours]
-            results[position]["no_match"] = bool(limit is not None and nearest is not None and nearest > limit)
+            results[position]["no_match"] = is_no_match(release, neighbours)
     return results
 
 
@@ -57,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(json.dumps(result))
     return 1 if any("error" in r for r in results) else 0
+
+
+def is_no_match(release: Release, neighbours) -> bool:
+    """True when even the nearest item is farther than the release's calibrated no-match distance."""
+    limit = release.no_match_distance
+    return bool(limit is not None and neighbours and neighbours[0].distance > limit)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,106 @@
+"""Nearest-neighbour search over a release's segments.
+
+Large segments (a full pipeline or retrain embeds the whole catalogue into one) carry an HNSW graph
+(hnswlib, saved beside the segment's arrays as hnsw.bin: a plain binary format, nothing unpickled)
+built once when the segment is written. Small segments (items added by the drop folder) are searched
+exactly. A query searches every segment and merges, so adding items never rebuilds the big graph.
+`exact_knn` is the brute-force reference used by evaluation and to check the graph's recall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ANN_MIN_ITEMS = 20_000  # below this, exact search of the segment is as fast as the graph
+HNSW_FILE = "hnsw.bin"
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 96
+EXACT_NUMPY_MAX_QUERIES = 16  # few queries: numpy matvec + argpartition; many: one TF matmul + top_k
+QUERY_CHUNK = 1024  # queries per TF matrix product: bounds the score matrix to QUERY_CHUNK x items
+
+
+def build_hnsw(embeddings: np.ndarray, path: Path, threads: int = 2) -> None:
+    import hnswlib
+
+    index = hnswlib.Index(space="ip", dim=embeddings.shape[1])
+    index.init_index(max_elements=len(embeddings), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M,
+                     random_seed=0)
+    index.set_num_threads(threads)
+    index.add_items(np.asarray(embeddings, dtype=np.float32), np.arange(len(embeddings)))
+    index.save_index(str(path))
+
+
+def load_hnsw(path: Path, dim: int, count: int):
+    import hnswlib
+
+    index = hnswlib.Index(space="ip", dim=dim)
+    index.load_index(str(path), max_elements=count)
+    index.set_ef(HNSW_EF_SEARCH)
+    return index
+
+
+def _exact_numpy(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = queries @ base.T
+    part = np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    return 1.0 - np.take_along_axis(top, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+
+def _exact_tensorflow(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    from storage.runtime import load_tensorflow
+
+    tf = load_tensorflow()
+    base_tensor = tf.constant(base)
+    distances, rows = [], []
+    for start in range(0, len(queries), QUERY_CHUNK):
+        top, found = tf.math.top_k(tf.matmul(queries[start: start + QUERY_CHUNK], base_tensor, transpose_b=True), k=k)
+        distances.append(1.0 - top.numpy())
+        rows.append(found.numpy())
+    return np.concatenate(distances), np.concatenate(rows)
+
+
+def exact_knn(queries: np.ndarray, base: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine distances (1 - dot of unit vectors) to the k nearest rows of `base`, closest first."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    k = max(1, min(int(k), len(base)))
+    if len(queries) == 0 or len(base) == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+    search = _exact_numpy if len(queries) <= EXACT_NUMPY_MAX_QUERIES else _exact_tensorflow
+    distances, rows = search(queries, base, k)
+    return distances.astype(np.float32), rows.astype(np.int64)
+
+
+@dataclass
+class Segment:
+    offset: int  # row of the segment's first item in the release's concatenated arrays
+    embeddings: np.ndarray
+    graph: object | None  # hnswlib.Index, or None for exact search
+
+
+class SegmentedIndex:
+    """k-NN over all segments of a release, each searched by its graph or exactly, then merged."""
+
+    def __init__(self, segments: list[Segment]):
+        self.segments = [s for s in segments if len(s.embeddings)]
+
+    def nearest(self, queries: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        found_d, found_r = [], []
+        for segment in self.segments:
+            kk = min(k, len(segment.embeddings))
+            if segment.graph is not None and not exact:
+                rows, distances = segment.graph.knn_query(queries, k=kk)
+                rows, distances = rows.astype(np.int64), distances.astype(np.float32)
+            else:
+                distances, rows = exact_knn(queries, segment.embeddings, kk)
+            found_d.append(distances)
+            found_r.append(rows + segment.offset)
+        distances, rows = np.concatenate(found_d, axis=1), np.concatenate(found_r, axis=1)
+        if len(self.segments) == 1:
+            return distances[:, :k], rows[:, :k]
+        order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(distances, order, axis=1), np.take_along_axis(rows, order, axis=1)
