@@ -19,6 +19,8 @@ IMAGE_SIDE = 28
 ACCEPTED_FORMATS = ("PNG", "JPEG")
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # 40 megapixels: any phone photo, far below a decompression bomb
+MIN_SIDE = 8  # fewer pixels than this on a side cannot show a garment; upscaling it only makes a blob
+WORKING_SIDE = 1024  # larger images are box-averaged down first: the result is 28x28 anyway, memory stays flat
 BACKGROUND_MARGIN = 24  # grey levels above the background that count as "object" when cropping
 
 
@@ -43,7 +45,7 @@ def _open_checked(data: bytes) -> Image.Image:
         raise ImageRejected("empty file (0 bytes)")
     if len(data) > MAX_FILE_BYTES:
         raise ImageRejected(
-            f"file is {len(data) / 1e6:.1f} MB, above the {MAX_FILE_BYTES / 1e6:.0f} MB limit; "
+            f"file is {len(data) / 2**20:.1f} MB, above the {MAX_FILE_BYTES / 2**20:.0f} MB limit; "
             "resize it before adding it"
         )
     try:
@@ -51,13 +53,20 @@ def _open_checked(data: bytes) -> Image.Image:
     except UnidentifiedImageError:
         raise ImageRejected("not an image PIL can read (is it really a PNG or JPEG?)") from None
     except Image.DecompressionBombError as error:
-        raise ImageRejected(f"image too large in pixels: {error}") from None
+        raise _too_many_pixels(error) from None
+    except (OSError, SyntaxError, ValueError) as error:  # a known header cut short or garbled
+        raise ImageRejected(f"image data is damaged or truncated ({error})") from None
     if image.format not in ACCEPTED_FORMATS:
         raise ImageRejected(f"unsupported format {image.format}; use PNG or JPEG")
     width, height = image.size
     if width * height > MAX_PIXELS:
         raise ImageRejected(
             f"image is {width}x{height} pixels, above the {MAX_PIXELS / 1e6:.0f}-megapixel limit"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageRejected(
+            f"image is only {width}x{height} pixels; it needs at least {MIN_SIDE} pixels on each side to show "
+            "a garment"
         )
     if getattr(image, "n_frames", 1) > 1:
         raise ImageRejected(f"animated {image.format} with {image.n_frames} frames; use a still image")
@@ -68,20 +77,31 @@ def _open_checked(data: bytes) -> Image.Image:
     return image
 
 
+def _too_many_pixels(error: Exception) -> ImageRejected:
+    return ImageRejected(f"image too large in pixels ({error}); the limit is {MAX_PIXELS / 1e6:.0f} megapixels, "
+                         "resize it before adding it")
+
+
+def _shrink(image: Image.Image) -> Image.Image:
+    """Box-average an image larger than WORKING_SIDE down by an integer factor (single-band modes only)."""
+    factor = max(image.size) // WORKING_SIDE
+    return image.reduce(factor) if factor > 1 else image
+
+
 def _to_grayscale(image: Image.Image) -> np.ndarray:
     """Grayscale float array in [0, 255]; transparency becomes white (the usual product-shot backdrop)."""
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        wide = np.asarray(image, dtype=np.float64)
+        wide = np.asarray(_shrink(image.convert("F")), dtype=np.float64)
         top = 65535.0 if wide.max() > 255 else 255.0
         return np.clip(wide * (255.0 / top), 0, 255)
     if image.mode == "F":
-        return np.clip(np.asarray(image, dtype=np.float64), 0, 255)
+        return np.clip(np.asarray(_shrink(image), dtype=np.float64), 0, 255)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         backdrop = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(backdrop, rgba)
-    return np.asarray(image.convert("L"), dtype=np.float64)
+    return np.asarray(_shrink(image.convert("L")), dtype=np.float64)
 
 
 def _dataset_conventions(gray: np.ndarray) -> np.ndarray:
@@ -116,7 +136,7 @@ def normalise_image(data: bytes) -> NormalisedImage:
         try:
             image = _open_checked(data)
         except Image.DecompressionBombWarning as error:
-            raise ImageRejected(f"image too large in pixels: {error}") from None
+            raise _too_many_pixels(error) from None
     fmt, size = image.format, image.size
     if size == (IMAGE_SIDE, IMAGE_SIDE) and image.mode == "L":
         already = np.asarray(image, dtype=np.uint8)
