@@ -7,10 +7,10 @@ mirrors. A file already on disk with the right md5 is not fetched again.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -132,7 +132,7 @@ def download_dataset(raw_dir: Path, mirror: str | None = None, attempts: int = 3
                     fetch_one(source, name, md5, target)
                     log.info("download %s: done from %s (attempt %d)", name, source, attempt)
                     break
-                except (OSError, urllib.error.URLError, DownloadError, ValueError) as error:
+                except (OSError, http.client.HTTPException, DownloadError, ValueError) as error:
                     errors.append(f"attempt {attempt}, {source}: {error}")
                     log.warning("download %s failed: %s", name, errors[-1])
             else:

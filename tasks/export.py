@@ -21,14 +21,14 @@ GALLERY_INDEX = "index.json"
 
 
 def balanced_indices(labels: np.ndarray, total: int, seed: int) -> np.ndarray:
-    """`total` indices, as equal a share per class as the data allows, in a seeded order."""
+    """`total` indices (fewer only if the data has fewer), as equal a share per class as the data
+    allows: a seeded shuffle of each class, then dealt round-robin across classes."""
     rng = np.random.default_rng(seed)
-    per_class = max(1, total // NUM_CLASSES)
-    chosen = []
+    rank = np.empty(len(labels), dtype=np.int64)
     for label in range(NUM_CLASSES):
-        members = np.flatnonzero(labels == label)
-        chosen.append(rng.permutation(members)[:per_class])
-    return np.sort(np.concatenate(chosen))
+        members = rng.permutation(np.flatnonzero(labels == label))
+        rank[members] = np.arange(len(members))
+    return np.sort(np.lexsort((labels, rank))[:total])
 
 
 def export_gallery(test_images: np.ndarray, test_labels: np.ndarray, gallery_dir: Path,

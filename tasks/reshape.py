@@ -46,10 +46,21 @@ class Arrays:
         return np.load(self.path(split, "images")), np.load(self.path(split, "labels"))
 
 
+def _idx_bytes(path: Path, header_bytes: int) -> bytes:
+    """The decompressed file, or DatasetFormatError when it is not gzip or too short for its header."""
+    path = Path(path)
+    compressed = path.read_bytes()
+    try:
+        data = gzip.decompress(compressed)
+    except (OSError, EOFError) as error:  # not gzip, or a gzip stream cut short
+        raise DatasetFormatError(f"{path.name}: not a complete gzip file ({error})") from None
+    if len(data) < header_bytes:
+        raise DatasetFormatError(f"{path.name}: {len(data)} bytes, too short for an idx header")
+    return data
+
+
 def read_idx_images(path: Path) -> np.ndarray:
-    data = gzip.decompress(Path(path).read_bytes())
-    if len(data) < 16:
-        raise DatasetFormatError(f"{path.name}: too short for an idx3 header")
+    data = _idx_bytes(path, 16)
     magic, count, rows, cols = struct.unpack(">IIII", data[:16])
     if magic != IMAGES_MAGIC or (rows, cols) != (28, 28):
         raise DatasetFormatError(f"{path.name}: magic {magic}, shape {rows}x{cols}; expected 2051 and 28x28")
@@ -59,7 +70,7 @@ def read_idx_images(path: Path) -> np.ndarray:
 
 
 def read_idx_labels(path: Path) -> np.ndarray:
-    data = gzip.decompress(Path(path).read_bytes())
+    data = _idx_bytes(path, 8)
     magic, count = struct.unpack(">II", data[:8])
     if magic != LABELS_MAGIC or len(data) != 8 + count:
         raise DatasetFormatError(f"{path.name}: magic {magic} or length does not match {count} labels")
