@@ -1,0 +1,132 @@
+"""The page in a real browser: a Streamlit server on 127.0.0.1 driven by Debian's headless chromium.
+
+Installs nothing: `make test` (or `make chromium`) installs chromium and chromium-driver when missing.
+The screenshot of the neighbours grid is saved to test-artifacts/browser-neighbours.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from storage.home import HOME_ENV
+from storage.labels import label_name
+from storage.releases import latest_release_id
+from tests.conftest import REPO
+from tests.test_app import publish_reindex
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOT = REPO / "test-artifacts" / "browser-neighbours.png"
+START_TIMEOUT_S = 90
+PAGE_TIMEOUT_S = 150  # the first page view loads the release's model (TensorFlow import included)
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run", "--window-size=1600,1200")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def streamlit_server(home_root: Path, log_path: Path):
+    """`streamlit run ui/app.py` on a free 127.0.0.1 port; always terminated, its log kept for failures."""
+    port = free_port()
+    env = {**os.environ, HOME_ENV: str(home_root)}
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "ui/app.py", "--server.address", "127.0.0.1",
+             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                assert server.poll() is None, f"streamlit exited early:\n{log_path.read_text()[-3000:]}"
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                        if answer.read().strip() == b"ok":
+                            break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, f"streamlit did not start:\n{log_path.read_text()[-3000:]}"
+                time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (`make chromium` installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options,
+                              service=Service(chromedriver, log_output=str(tmp_path / "chromedriver.log")))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_picking_a_gallery_image_shows_the_neighbours_grid(published_home, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    first = json.loads((published_home.gallery / "index.json").read_text())[0]
+    query_class = label_name(first["label"])
+    old_id = latest_release_id(published_home)
+    log_path = tmp_path / "streamlit.log"
+    with streamlit_server(published_home.root, log_path) as url:
+        try:
+            browser.get(url)
+            pick = WebDriverWait(browser, PAGE_TIMEOUT_S).until(EC.element_to_be_clickable(
+                (By.CSS_SELECTOR, f".st-key-pick-test-{first['test_index']} button")))
+            pick.click()
+            grid = WebDriverWait(browser, PAGE_TIMEOUT_S).until(EC.visibility_of_element_located(
+                (By.CSS_SELECTOR, ".st-key-neighbours")))
+            WebDriverWait(browser, 30).until(lambda _: grid.text.count(" · d=") == 8 and all(
+                image.get_property("naturalWidth") > 0 for image in grid.find_elements(By.TAG_NAME, "img")))
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            browser.save_screenshot(str(SCREENSHOT))
+
+            page = browser.find_element(By.TAG_NAME, "body").text
+            captions = [line for line in grid.text.splitlines() if " · d=" in line]
+            assert len(grid.find_elements(By.TAG_NAME, "img")) == 8
+            assert captions[0].startswith(f"✓ #1 {query_class}"), captions  # same class marked
+            assert f"Query: {query_class}" in page and f"Live release {old_id}" in page
+
+            # a release published while the page is open replaces it without a reload
+            new_id = publish_reindex(published_home)
+            WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+                lambda _: f"Live release {new_id}" in browser.find_element(By.TAG_NAME, "body").text)
+        except Exception:
+            print(f"--- streamlit log\n{log_path.read_text()[-3000:]}")
+            raise

@@ -1,0 +1,234 @@
+"""The page: browse the latest published release. `streamlit run ui/app.py` (or `make page`).
+
+Each run resolves LATEST once and works on that release only; the loaded release is cached per
+release id, so it loads once and a newly published release loads anew. A fragment re-reads LATEST
+every few seconds and reruns the page when it moved. The page only reads the store.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the path
+    sys.path.insert(0, str(REPO))
+
+import streamlit as st  # noqa: E402
+
+from storage.home import DataHome  # noqa: E402
+from storage.images import MAX_FILE_BYTES, ImageRejected  # noqa: E402
+from storage.labels import UNLABELLED, label_name  # noqa: E402
+from storage.releases import ReleaseError, latest_release_id  # noqa: E402
+from ui import views  # noqa: E402
+
+LATEST_POLL = "3s"
+PAGE_SIZE = 20
+GALLERY_COLUMNS = 5
+NEIGHBOUR_COLUMNS = 4
+ALL_CLASSES = "All classes"
+UPLOAD = "upload"  # st.session_state.query: UPLOAD, a gallery item's key, or None
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the release and its model...")
+def open_release(root: str, release_id: str) -> views.LiveRelease:
+    return views.LiveRelease.load(DataHome(Path(root)), release_id)
+
+
+@st.cache_data(max_entries=2, show_spinner=False)
+def release_history(root: str, live_release_id: str):
+    """Keyed by the live id: releases only appear when LATEST moves."""
+    return views.release_history(DataHome(Path(root)))
+
+
+@st.fragment(run_every=LATEST_POLL)
+def follow_latest(home: DataHome, shown_release_id: str | None) -> None:
+    """Rerun the whole page when LATEST no longer names the release on screen."""
+    try:
+        current = latest_release_id(home)
+    except ReleaseError:
+        current = None  # the full run reports what is wrong with LATEST
+    if current != shown_release_id:
+        st.rerun()
+
+
+def pick(key: str) -> None:
+    st.session_state.query = key
+
+
+def use_upload() -> None:
+    st.session_state.query = UPLOAD if st.session_state.get("upload") is not None else None
+
+
+def header(live: views.LiveRelease) -> None:
+    release, metrics = live.release, live.release.metrics
+    architecture = release.manifest.get("model", {}).get("architecture", "unknown")
+    st.title("Fashion-MNIST similarity search")
+    st.markdown(f"Live release `{release.release_id}` · published {release.manifest.get('published_at', '?')} "
+                f"· model **{architecture}**")
+    columns = st.columns(4)
+    columns[0].metric("Indexed items", f"{len(release.items):,}")
+    if "precision@1" in metrics:
+        baseline = metrics.get("baseline_raw_pixels", {}).get("precision@1")
+        columns[1].metric("precision@1", f"{metrics['precision@1']:.3f}",
+                          None if baseline is None else f"{metrics['precision@1'] - baseline:+.3f} vs raw pixels",
+                          help=None if baseline is None else f"raw-pixel kNN baseline: {baseline:.3f}")
+    for column, key, name in ((columns[2], "recall@5", "recall@5"), (columns[3], "map@10", "MAP@10")):
+        if key in metrics:
+            column.metric(name, f"{metrics[key]:.3f}")
+
+
+def gallery(items: list[views.GalleryItem], release, choice: str) -> None:
+    shown = [item for item in items if choice == ALL_CLASSES or label_name(item.label) == choice]
+    if not shown:
+        st.info("The gallery is empty: run `python -m flows.pipeline` to export test images, "
+                "or drop images into the data home's incoming/ folder.")
+        return
+    pages = (len(shown) + PAGE_SIZE - 1) // PAGE_SIZE
+    # keyed by filter and page count: either changing starts again at page 1
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"page-{choice}-{pages}")
+    start = (page - 1) * PAGE_SIZE
+    st.caption(f"Images {start + 1}-{min(start + PAGE_SIZE, len(shown))} of {len(shown)}")
+    columns = st.columns(GALLERY_COLUMNS)
+    for position, item in enumerate(shown[start: start + PAGE_SIZE]):
+        with columns[position % GALLERY_COLUMNS]:
+            try:
+                st.image(views.enlarge(views.item_pixels(item, release)),
+                         caption=f"{label_name(item.label)} · {item.caption}")
+            except (ImageRejected, OSError) as error:
+                st.caption(f"{item.caption}: cannot show ({error})")
+                continue
+            st.button("Find similar", key=f"pick-{item.key}", on_click=pick, args=(item.key,),
+                      type="primary" if st.session_state.get("query") == item.key else "secondary")
+
+
+def neighbours_grid(live: views.LiveRelease, result: views.QueryResult) -> None:
+    release = live.release
+    nearest = result.neighbours[0].distance if result.neighbours else None
+    limit = release.no_match_distance
+    if result.no_match:
+        st.warning(f"**No close match**: even the nearest item is at distance {nearest:.3f}, beyond this "
+                   f"release's no-match distance {limit:.3f}. Nothing in the catalogue looks much like it.")
+    st.caption(f"{len(result.neighbours)} nearest of {len(release.items):,} items, found in "
+               f"{result.seconds * 1000:.0f} ms" + ("" if limit is None else f" · no-match beyond {limit:.3f}"))
+    with st.container(key="neighbours"):
+        columns = st.columns(NEIGHBOUR_COLUMNS)
+        for neighbour, row in zip(result.neighbours, result.rows):
+            same = None if result.label in (None, UNLABELLED) else neighbour.label == result.label
+            frame = None if same is None else views.SAME_CLASS if same else views.OTHER_CLASS
+            mark = "" if same is None else "✓ " if same else "✗ "
+            with columns[(neighbour.rank - 1) % NEIGHBOUR_COLUMNS]:
+                st.image(views.enlarge(release.items.images[row], frame=frame),
+                         caption=f"{mark}#{neighbour.rank} {neighbour.label_name} · d={neighbour.distance:.3f}")
+
+
+def query_panel(live: views.LiveRelease, items: dict[str, views.GalleryItem], k: int) -> None:
+    query = st.session_state.get("query")
+    if query == UPLOAD and st.session_state.get("upload") is not None:
+        uploaded = st.session_state.upload
+        try:
+            result = views.search_upload(live, uploaded.getvalue(), k)
+        except ImageRejected as error:
+            st.error(f"Cannot search with **{uploaded.name}**: {error}. Upload a PNG or JPEG photo of "
+                     "one garment, ideally on a plain background.")
+            return
+        st.subheader("Your photo")
+        original, searched = st.columns(2)
+        original.image(uploaded.getvalue(), caption=uploaded.name, width=112)
+        searched.image(views.enlarge(result.pixels), caption="searched as 28x28")
+    elif query in items:
+        item = items[query]
+        result = views.search_item(live, item, k)
+        st.subheader(f"Query: {label_name(item.label)}")
+        st.image(views.enlarge(result.pixels), caption=item.caption)
+    else:
+        st.info("Pick an image in the gallery (**Find similar**) or upload a photo in the sidebar "
+                "to see its nearest items.")
+        return
+    st.subheader(f"{k} nearest items")
+    neighbours_grid(live, result)
+
+
+def sidebar(items: list[views.GalleryItem]) -> tuple[int, str]:
+    """Controls that keep their state whichever view is open: k, the gallery's class, the upload."""
+    with st.sidebar:
+        k = st.slider("Neighbours (k)", 1, 24, 8, key="k")
+        classes = [label_name(label) for label in sorted({item.label for item in items})]
+        choice = st.selectbox("Gallery class", [ALL_CLASSES, *classes], key="class_filter")
+        st.file_uploader("Search with a photo (PNG or JPEG)", type=["png", "jpg", "jpeg"], key="upload",
+                         on_change=use_upload, max_upload_size=MAX_FILE_BYTES // 2**20,
+                         help="Any size; a garment on a plain (white) background works best.")
+    return k, choice
+
+
+def search_view(live: views.LiveRelease, items: list[views.GalleryItem], k: int, choice: str) -> None:
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.subheader("Gallery")
+        gallery(items, live.release, choice)
+    with right:
+        query_panel(live, {item.key: item for item in items}, k)
+
+
+def evaluation_view(home: DataHome, live: views.LiveRelease) -> None:
+    metrics = live.release.metrics
+    if "precision@1" not in metrics:
+        st.info(f"Release {live.release.release_id} has no evaluation (metrics.json).")
+        return
+    indexed = metrics.get("indexed_items", len(live.release.items))
+    st.caption(f"{metrics.get('queries', '?')} test queries against {indexed:,} indexed items; the baseline is "
+               "a cosine kNN on raw pixels over the same items.")
+    left, right = st.columns(2, gap="large")
+    with left:
+        st.subheader("Model vs raw-pixel baseline")
+        st.altair_chart(views.model_vs_baseline_chart(metrics))
+        st.subheader("Confusion between classes")
+        st.altair_chart(views.confusion_chart(metrics))
+    with right:
+        st.subheader("precision@1 per class")
+        st.altair_chart(views.per_class_chart(metrics))
+        st.subheader("Across releases")
+        history = release_history(str(home.root), live.release.release_id)
+        st.altair_chart(views.history_chart(history))
+        st.caption(f"{history['release'].nunique()} complete release(s) in {home.releases}")
+
+
+def show_live_release(home: DataHome) -> str | None:
+    """Draw the page for the release LATEST names; returns that id (None when nothing is published)."""
+    release_id = None
+    try:
+        release_id = latest_release_id(home)
+        live = None if release_id is None else open_release(str(home.root), release_id)
+    except ReleaseError as error:
+        st.title("Fashion-MNIST similarity search")
+        st.error(f"The live release cannot be opened: {error}")
+        return release_id
+    if live is None:
+        st.title("Fashion-MNIST similarity search")
+        st.info(f"No release is published in `{home.root}` yet. Make one with `make demo` (or "
+                "`python -m flows.pipeline`); this page shows it as soon as it is published.")
+        return None
+    header(live)
+    items = views.gallery_items(home, live.release)
+    k, choice = sidebar(items)
+    # Only the open view runs (tabs with state): browsing never pays for drawing the charts.
+    search_tab, evaluation_tab = st.tabs(["Search", "Evaluation"], key="view", on_change="rerun",
+                                         bind="query-params")
+    if search_tab.open:
+        with search_tab:
+            search_view(live, items, k, choice)
+    if evaluation_tab.open:
+        with evaluation_tab:
+            evaluation_view(home, live)
+    return release_id
+
+
+def main() -> None:
+    st.set_page_config(page_title="Fashion similarity search", page_icon="👕", layout="wide")
+    home = DataHome.from_env()
+    shown = show_live_release(home)
+    # Last on the page: drawn first, its reruns left the elements after it as grey skeletons in
+    # chromium (Streamlit 1.67, seen while writing tests/test_browser.py).
+    follow_latest(home, shown)
+
+main()

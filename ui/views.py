@@ -1,0 +1,202 @@
+"""What the page shows, as plain functions: the gallery, one query's neighbours, the evaluation charts.
+
+ui/app.py only lays these out with Streamlit; keeping the logic here lets tests call it directly and
+keeps the page script short. Everything here reads the store, nothing writes to it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from storage.home import DataHome
+from storage.images import ImageRejected, normalise_image
+from storage.labels import CLASS_NAMES, label_name
+from storage.releases import METRICS_FILE, Neighbour, Release, complete_release_ids, load_release, read_manifest
+from ui.search import is_no_match
+
+GALLERY_INDEX = "index.json"  # written by tasks/export.py: [{path, label, test_index}, ...]
+DROP_SOURCE = "drop"  # catalogue source of items added through the drop folder
+SAME_CLASS = (46, 160, 67)  # frame colour of a neighbour of the query's class
+OTHER_CLASS = (214, 39, 40)
+HEADLINE_ORDER = ("precision@1", "precision@5", "precision@10", "recall@1", "recall@5", "recall@10", "map@10")
+
+
+@dataclass
+class LiveRelease:
+    """A loaded release with its model ready, and the row of each item id (neighbours carry ids)."""
+
+    release: Release
+    id_order: np.ndarray  # argsort of release.items.item_ids
+
+    @classmethod
+    def load(cls, home: DataHome, release_id: str) -> "LiveRelease":
+        release = load_release(home, release_id)
+        release.embed(np.zeros((1, 28, 28), np.uint8))  # load and trace the model once, not in a query
+        return cls(release, np.argsort(release.items.item_ids, kind="stable"))
+
+    def rows_of(self, item_ids: list[int]) -> np.ndarray:
+        ids = self.release.items.item_ids
+        return self.id_order[np.searchsorted(ids[self.id_order], np.asarray(item_ids, dtype=ids.dtype))]
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One pickable image: an exported test PNG (path) or a drop-folder item of the release (row)."""
+
+    key: str
+    label: int
+    caption: str
+    path: Path | None = None
+    row: int | None = None
+    item_id: int | None = None
+
+
+def gallery_items(home: DataHome, release: Release) -> list[GalleryItem]:
+    """The exported test images (gallery/index.json), then the release's drop-folder items."""
+    items = []
+    index = home.gallery / GALLERY_INDEX
+    if index.exists():
+        for entry in json.loads(index.read_text()):
+            items.append(GalleryItem(key=f"test-{entry['test_index']}", label=int(entry["label"]),
+                                     caption=f"test #{entry['test_index']}", path=home.gallery / entry["path"]))
+    catalogue = release.items
+    for row in np.flatnonzero(catalogue.sources == DROP_SOURCE):
+        item_id = int(catalogue.item_ids[row])
+        items.append(GalleryItem(key=f"item-{item_id}", label=int(catalogue.labels[row]),
+                                 caption=f"dropped: {Path(str(catalogue.paths[row])).name}",
+                                 row=int(row), item_id=item_id))
+    return items
+
+
+def item_pixels(item: GalleryItem, release: Release) -> np.ndarray:
+    """The 28x28 image searched for `item`: its PNG through normalise_image (as `python -m ui.search`
+    reads it), or the stored pixels of a catalogue item. Raises ImageRejected / OSError."""
+    if item.row is not None:
+        return release.items.images[item.row].reshape(28, 28)
+    return normalise_image(item.path.read_bytes()).pixels
+
+
+@dataclass
+class QueryResult:
+    pixels: np.ndarray  # the normalised 28x28 image that was searched
+    label: int | None  # the query's class when known (gallery), else None (uploads)
+    neighbours: list[Neighbour]
+    rows: np.ndarray  # row of each neighbour in release.items, for its pixels
+    no_match: bool
+    seconds: float  # normalise + search, as the page sees it
+
+
+def search_pixels(live: LiveRelease, pixels: np.ndarray, k: int, label: int | None = None,
+                  exclude_item: int | None = None, started: float | None = None) -> QueryResult:
+    """k nearest items of one normalised image (without `exclude_item`: a catalogue item finds itself)."""
+    started = time.perf_counter() if started is None else started
+    found = live.release.search(pixels[None], k + (exclude_item is not None))[0]
+    neighbours = [n for n in found if n.item_id != exclude_item][:k]
+    rows = live.rows_of([n.item_id for n in neighbours])
+    return QueryResult(pixels, label, neighbours, rows, is_no_match(live.release, neighbours),
+                       time.perf_counter() - started)
+
+
+def search_item(live: LiveRelease, item: GalleryItem, k: int) -> QueryResult:
+    return search_pixels(live, item_pixels(item, live.release), k, item.label, exclude_item=item.item_id)
+
+
+def search_upload(live: LiveRelease, data: bytes, k: int) -> QueryResult:
+    """Normalise an uploaded file and search with it. Raises ImageRejected saying what is wrong."""
+    started = time.perf_counter()
+    try:
+        pixels = normalise_image(data).pixels
+    except ImageRejected:
+        raise
+    except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for files it half-understands
+        raise ImageRejected(f"the image could not be decoded ({error})") from None
+    return search_pixels(live, pixels, k, started=started)
+
+
+def enlarge(pixels: np.ndarray, scale: int = 4, frame: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Nearest-neighbour upscaling (a 28x28 image stays crisp), optionally framed in a colour."""
+    big = np.repeat(np.repeat(np.asarray(pixels, np.uint8).reshape(28, 28), scale, 0), scale, 1)
+    if frame is None:
+        return big
+    rgb = np.repeat(big[:, :, None], 3, axis=2)
+    width = max(2, scale)
+    rgb[:width], rgb[-width:], rgb[:, :width], rgb[:, -width:] = frame, frame, frame, frame
+    return rgb
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def release_history(home: DataHome) -> pd.DataFrame:
+    """precision@1 and recall@5 (and the raw-pixel precision@1) of every complete release, oldest first."""
+    rows = []
+    for release_id in complete_release_ids(home):
+        metrics_path = home.releases / release_id / METRICS_FILE
+        if not metrics_path.exists():
+            continue
+        metrics = json.loads(metrics_path.read_text())
+        published = read_manifest(home, release_id).get("published_at")
+        figures = {"precision@1": metrics.get("precision@1"), "recall@5": metrics.get("recall@5"),
+                   "raw-pixel precision@1": metrics.get("baseline_raw_pixels", {}).get("precision@1")}
+        rows += [{"release": release_id, "published": pd.Timestamp(published), "figure": name, "value": value}
+                 for name, value in figures.items() if value is not None]
+    return pd.DataFrame(rows, columns=["release", "published", "figure", "value"])
+
+
+def model_vs_baseline_chart(metrics: dict) -> alt.Chart:
+    baseline = metrics.get("baseline_raw_pixels", {})
+    keys = [key for key in HEADLINE_ORDER if key in metrics and key in baseline]
+    frame = pd.DataFrame([{"metric": key, "system": system, "value": source[key]}
+                          for key in keys for system, source in (("model", metrics), ("raw pixels", baseline))])
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("metric:N", sort=keys, title=None, axis=alt.Axis(labelAngle=0)), xOffset="system:N",
+        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=None),
+        color=alt.Color("system:N", legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["metric", "system", alt.Tooltip("value:Q", format=".4f")],
+    )
+
+
+def per_class_chart(metrics: dict) -> alt.Chart:
+    frame = pd.DataFrame([{"class": name, "precision@1": value}
+                          for name, value in metrics.get("per_class_precision@1", {}).items()])
+    return alt.Chart(frame).mark_bar().encode(
+        y=alt.Y("class:N", sort=list(CLASS_NAMES), title=None),
+        x=alt.X("precision@1:Q", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("precision@1:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0.5, 1]), legend=None),
+        tooltip=["class", alt.Tooltip("precision@1:Q", format=".4f")],
+    )
+
+
+def confusion_chart(metrics: dict) -> alt.LayerChart:
+    """Rows: the query's class; columns: the class of its nearest item (the diagonal is a hit)."""
+    confusion = metrics.get("confusion", [])
+    frame = pd.DataFrame([{"query": label_name(q), "nearest": label_name(n), "queries": count}
+                          for q, row in enumerate(confusion) for n, count in enumerate(row)])
+    base = alt.Chart(frame).encode(
+        x=alt.X("nearest:N", sort=list(CLASS_NAMES), title="class of the nearest item"),
+        y=alt.Y("query:N", sort=list(CLASS_NAMES), title="query class"),
+    )
+    cells = base.mark_rect().encode(color=alt.Color("queries:Q", scale=alt.Scale(type="symlog", scheme="blues"),
+                                                    legend=None),
+                                    tooltip=["query", "nearest", "queries"])
+    counts = base.mark_text(fontSize=10).encode(
+        text="queries:Q",
+        color=alt.condition(alt.datum.queries > max(1, frame["queries"].max() / 2) if len(frame) else False,
+                            alt.value("white"), alt.value("black")))
+    return (cells + counts).properties(height=380)
+
+
+def history_chart(history: pd.DataFrame) -> alt.Chart:
+    return alt.Chart(history).mark_line(point=True).encode(
+        x=alt.X("published:T", title="published", axis=alt.Axis(format="%b %d %H:%M", labelAngle=0)),
+        y=alt.Y("value:Q", scale=alt.Scale(zero=False), title=None, axis=alt.Axis(format=".2f")),
+        color=alt.Color("figure:N", legend=alt.Legend(orient="bottom", title=None)),
+        tooltip=["release", "figure", alt.Tooltip("value:Q", format=".4f"), "published:T"],
+    )
