@@ -37,3 +37,36 @@ chromium:
 
 clean-venv:
 	rm -rf $(VENV)
+
+## Keep learning (README "Keeping current"): each flow once, no server needed.
+.PHONY: reindex retrain up server deploy worker
+reindex: venv
+	$(PY) -m flows.reindex
+
+retrain: venv
+	$(PY) -m flows.retrain
+
+## The scheduled system on one machine: a Prefect server on 127.0.0.1 (UI on PREFECT_PORT), the
+## deployments of prefect.yaml served with their schedules (flows/serve.py), and the page. Ctrl-C stops all.
+PREFECT_PORT ?= 4200
+PREFECT_URL = http://127.0.0.1:$(PREFECT_PORT)/api
+
+up: venv
+	@mkdir -p "$(FASHION_SIM_HOME)"; \
+	export PREFECT_API_URL=$(PREFECT_URL); \
+	$(PY) -m prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) >"$(FASHION_SIM_HOME)/prefect-server.log" 2>&1 & server=$$!; \
+	trap 'kill $$serve $$server 2>/dev/null; wait' EXIT INT TERM; \
+	$(PY) -m flows.serve --wait-for-server 300 & serve=$$!; \
+	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT) (server log: $(FASHION_SIM_HOME)/prefect-server.log)"; \
+	$(MAKE) --no-print-directory page
+
+## The same with a work pool and a worker instead of serve: `make server`, then `make deploy` and `make worker`.
+server: venv
+	$(PY) -m prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: venv
+	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m prefect work-pool create fashion-sim --type process --overwrite
+	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m prefect --no-prompt deploy --all
+
+worker: venv
+	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m prefect worker start --pool fashion-sim
