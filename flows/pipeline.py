@@ -52,6 +52,7 @@ def pipeline(
     examples_per_class: int = DEFAULTS.examples_per_class,
     learning_rate: float = DEFAULTS.learning_rate,
     augment: bool = DEFAULTS.augment,
+    classifier_weight: float = DEFAULTS.classifier_weight,
     gallery_size: int = 1000,
     seed: int = DEFAULTS.seed,
     gate_tolerance: float = DEFAULT_GATE_TOLERANCE,
@@ -70,7 +71,9 @@ def pipeline(
         classes_per_batch: classes drawn into every batch (10 = all)
         examples_per_class: images of each class per batch (batch = classes x examples)
         learning_rate: Adam's initial learning rate (cosine decay to 5% over the run)
-        augment: random horizontal flips and 2-pixel shifts during training
+        augment: random horizontal flips during training
+        classifier_weight: weight of the auxiliary cosine-classifier loss added to MultiSimilarityLoss
+            during training (0 = MultiSimilarityLoss alone, as in the article)
         gallery_size: test images exported to gallery/ for the page (class-balanced)
         seed: seeds sampling, initialisation and augmentation (same seed, same model)
         gate_tolerance: largest drop in precision@1 / recall@5 against the live release still published
@@ -79,7 +82,7 @@ def pipeline(
     log = step_logger()
     home = DataHome.from_env(data_home or None).ensure()
     config = TrainConfig(architecture, embedding_size, epochs, steps_per_epoch, classes_per_batch,
-                         examples_per_class, learning_rate, augment, seed)
+                         examples_per_class, learning_rate, augment, seed, classifier_weight)
     with writer_lock(home, holder="pipeline"):
         recovered = recover(home)
         if recovered["removed_tmp"] or recovered["rolled_forward"] or recovered["forgotten_catalog_rows"]:
