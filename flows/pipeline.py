@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow
 
 from storage.catalog import Catalog
+from storage.embedder import make_embedder
 from storage.home import DataHome
 from storage.lock import writer_lock
 from storage.releases import NoReleaseError, ReleaseWriter, complete_release_ids, load_release, recover
@@ -102,7 +103,7 @@ def pipeline(
         sampler = sample_task(items.images[labelled], items.labels[labelled], examples_per_class,
                               steps_per_epoch, classes_per_batch, seed)
         model, history = train_task(sampler, config)
-        embeddings = index_task(model, items)
+        embeddings = index_task(make_embedder(model), items)
         metrics = evaluate_task(model, test_images, test_labels, embeddings, items)
         decision = gate(metrics, live.metrics if live else None, gate_tolerance)
         if force_publish and not decision["publish"]:

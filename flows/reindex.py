@@ -64,7 +64,7 @@ def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
             writer = ReleaseWriter(home)
             rows = scan.catalogue_rows(home.relative(home.processed / writer.release_id))
             items = rows_to_items(rows)
-            embeddings = index_task(live.model, items)
+            embeddings = index_task(live.embed, items)
             # rows before the release, tagged with it: recover() drops them if it is never published
             catalog.add(rows, writer.release_id)
             manifest = {"kind": "reindex", "parent": live.release_id, "num_items": len(live.items) + len(items),

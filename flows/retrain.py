@@ -18,6 +18,7 @@ from prefect import flow
 
 from flows.pipeline import headline
 from storage.catalog import Catalog
+from storage.embedder import make_embedder
 from storage.home import DataHome
 from storage.lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
 from storage.releases import ReleaseWriter, load_release, recover
@@ -90,7 +91,7 @@ def retrain(
         sampler = sample_task(images, labels, examples_per_class, steps_per_epoch, config.classes_per_batch, seed)
         model, history = train_task(sampler, config, initial_model=live.model)
 
-        embeddings = index_task(model, items)
+        embeddings = index_task(make_embedder(model), items)
         test_images, test_labels = Arrays(home.arrays).load("test")
         metrics = evaluate_task(model, test_images, test_labels, embeddings, items)
         decision = gate(metrics, live.metrics, gate_tolerance)

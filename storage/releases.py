@@ -7,6 +7,7 @@ releases, so they never see half of one and never wait for a writer.
     releases/<id>/
         manifest.json        written last; lists every file with its size
         model.keras          the embedding network (tf-keras format: config + h5 weights, no pickle)
+        embedder.tflite      the same network compiled for queries (storage/embedder.py)
         metrics.json         evaluation of this release (see tasks/evaluate.py)
         segments/<name>/     embeddings.npy item_ids.npy labels.npy images.npy paths.npy sources.npy
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from storage.atomic import atomic_write_text, fsync_dir, fsync_file
 from storage.catalog import Catalog, CatalogItems
+from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
 from storage.home import DataHome
 from storage.labels import label_name
 from storage.search_index import (ANN_MIN_ITEMS, HNSW_FILE, Segment, SegmentedIndex, build_hnsw,
@@ -160,12 +162,13 @@ class Release:
         tf = load_tensorflow()
         load_tensorflow_similarity()  # registers MetricEmbedding with Keras
         self._model = tf.keras.models.load_model(self.path / MODEL_FILE, compile=False, safe_mode=True)
-        self._embed_fn = make_embedder(self._model)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Embed uint8 images (n, 28, 28) or (n, 28, 28, 1) with this release's model."""
         if self._embed_fn is None:
-            self._load_model()
+            compiled = self.path / EMBEDDER_FILE
+            # releases published before the compiled embedder existed compile their model on load
+            self._embed_fn = Embedder.load(compiled) if compiled.exists() else make_embedder(self.model)
         return self._embed_fn(images)
 
     def nearest(self, query_embeddings: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -187,28 +190,6 @@ class Release:
             ]
             for query_rows, query_dists in zip(rows, distances)
         ]
-
-
-def make_embedder(model, batch_size: int = 2048):
-    """A function uint8 images -> float32 embeddings that calls a compiled graph of `model`.
-
-    Calling the model through one tf.function (fixed signature, no retracing) instead of predict()
-    keeps a single query well under a millisecond of framework overhead.
-    """
-    from storage.runtime import load_tensorflow
-
-    tf = load_tensorflow()
-    side = int(model.input_shape[1])
-    compiled = tf.function(lambda x: model(x, training=False),
-                           input_signature=[tf.TensorSpec([None, side, side, 1], tf.float32)])
-    width = int(model.output_shape[-1])
-
-    def embed(images: np.ndarray) -> np.ndarray:
-        batch = np.asarray(images, dtype=np.float32).reshape(len(images), side, side, 1)
-        parts = [compiled(batch[i: i + batch_size]).numpy() for i in range(0, len(batch), batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, width), np.float32)
-
-    return embed
 
 
 def _load_segment(folder: Path) -> dict[str, np.ndarray]:
@@ -286,9 +267,12 @@ class ReleaseWriter:
 
     def save_model(self, model) -> None:
         model.save(self.path / MODEL_FILE, save_format="keras")
+        (self.path / EMBEDDER_FILE).write_bytes(make_embedder(model).flatbuffer)
 
     def link_model_from(self, release: Release) -> None:
-        os.link(release.path / MODEL_FILE, self.path / MODEL_FILE)
+        for name in (MODEL_FILE, EMBEDDER_FILE):
+            if (release.path / name).exists():
+                os.link(release.path / name, self.path / name)
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         (self.path / name).write_text(json.dumps(payload, indent=2, sort_keys=True))

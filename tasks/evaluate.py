@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.labels import CLASS_NAMES, NUM_CLASSES
 from storage.catalog import CatalogItems
-from storage.releases import make_embedder
+from storage.embedder import make_embedder
 from storage.search_index import exact_knn
 from tasks.logs import step_logger
 

