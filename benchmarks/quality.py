@@ -8,12 +8,14 @@ The article's configuration is run as the article wrote it: its network, MultiSh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
 
 from benchmarks.common import load_split, machine, mirror_dir
 from storage.catalog import CatalogItems
-from storage.releases import make_embedder
+from storage.embedder import make_embedder
 from tasks.evaluate import evaluate_release
 from tasks.sample import make_sampler
 from tasks.train import TrainConfig, build_model, train_model
@@ -72,9 +74,10 @@ def main(argv=None) -> dict:
         result["article"] = {"train_seconds": round(seconds, 2), **measure(reference, train_x, train_y, test_x, test_y)}
         result["train_time_ratio_default_vs_article"] = round(
             result["default"]["train_seconds"] / result["article"]["train_seconds"], 3)
-    print(json.dumps(result, indent=2))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.redirect_stdout(sys.stderr):  # TF Similarity prints its progress on stdout
+        figures = main()
+    print(json.dumps(figures, indent=2))
