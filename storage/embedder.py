@@ -47,18 +47,19 @@ class Embedder:
         self._single.allocate_tensors()
         self._batch.resize_tensor_input(self._batch.get_input_details()[0]["index"], [CHUNK, self.side, self.side, 1])
         self._batch.allocate_tensors()
-        self.width = int(self._single.get_output_details()[0]["shape"][-1])
+        output = self._single.get_output_details()[0]
+        self.width = int(output["shape"][-1])
+        self._input, self._output = self._single.get_input_details()[0]["index"], output["index"]
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path: Path) -> "Embedder":
         return cls(Path(path).read_bytes())
 
-    @staticmethod
-    def _run(interpreter, batch: np.ndarray) -> np.ndarray:
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+    def _run(self, interpreter, batch: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(self._input, batch)  # both interpreters share the tensor indices
         interpreter.invoke()
-        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+        return interpreter.get_tensor(self._output).copy()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images).reshape(len(images), self.side, self.side, 1)
