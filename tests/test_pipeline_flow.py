@@ -42,6 +42,22 @@ def test_search_returns_neighbours_of_the_query_class(published_home):
     assert all(a.distance <= b.distance for a, b in zip(neighbours, neighbours[1:]))
 
 
+def test_batch_search_columns_agree_with_per_query_neighbours(published_home):
+    release = load_release(published_home)
+    queries = release.items.images[:7]
+    results = release.search(queries, k=3)
+    assert len(results) == 7 and results.rows.shape == results.item_ids.shape == (7, 3)
+    distances, rows = release.nearest(release.embed(queries), 3)
+    assert (results.rows == rows).all()
+    for query, neighbours in enumerate(results):
+        assert [n.item_id for n in neighbours] == release.items.item_ids[rows[query]].tolist()
+        assert [n.label for n in neighbours] == results.labels[query].tolist()
+        assert [n.path for n in neighbours] == release.items.paths[rows[query]].tolist()
+        np.testing.assert_allclose([n.distance for n in neighbours], distances[query], atol=1e-6)
+    assert results[-1] == results[6]
+    assert results.distances[:, 0].max() < 1e-4  # an indexed image finds itself (or an identical one)
+
+
 def test_search_cli_prints_json_per_image(published_home):
     gallery = json.loads((published_home.gallery / "index.json").read_text())
     paths = [str(published_home.gallery / e["path"]) for e in gallery[:3]]

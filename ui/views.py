@@ -30,20 +30,15 @@ HEADLINE_ORDER = ("precision@1", "precision@5", "precision@10", "recall@1", "rec
 
 @dataclass
 class LiveRelease:
-    """A loaded release with its model ready, and the row of each item id (neighbours carry ids)."""
+    """A loaded release with its embedder warmed up."""
 
     release: Release
-    id_order: np.ndarray  # argsort of release.items.item_ids
 
     @classmethod
     def load(cls, home: DataHome, release_id: str) -> "LiveRelease":
         release = load_release(home, release_id)
         release.embed(np.zeros((1, 28, 28), np.uint8))  # load and trace the model once, not in a query
-        return cls(release, np.argsort(release.items.item_ids, kind="stable"))
-
-    def rows_of(self, item_ids: list[int]) -> np.ndarray:
-        ids = self.release.items.item_ids
-        return self.id_order[np.searchsorted(ids[self.id_order], np.asarray(item_ids, dtype=ids.dtype))]
+        return cls(release)
 
 
 @dataclass(frozen=True)
@@ -97,9 +92,10 @@ def search_pixels(live: LiveRelease, pixels: np.ndarray, k: int, label: int | No
                   exclude_item: int | None = None, started: float | None = None) -> QueryResult:
     """k nearest items of one normalised image (without `exclude_item`: a catalogue item finds itself)."""
     started = time.perf_counter() if started is None else started
-    found = live.release.search(pixels[None], k + (exclude_item is not None))[0]
-    neighbours = [n for n in found if n.item_id != exclude_item][:k]
-    rows = live.rows_of([n.item_id for n in neighbours])
+    results = live.release.search(pixels[None], k + (exclude_item is not None))
+    found = results[0]
+    kept = [rank for rank, n in enumerate(found) if n.item_id != exclude_item][:k]
+    neighbours, rows = [found[rank] for rank in kept], results.rows[0][kept]
     return QueryResult(pixels, label, neighbours, rows, is_no_match(live.release, neighbours),
                        time.perf_counter() - started)
 
