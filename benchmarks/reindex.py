@@ -1,6 +1,6 @@
 """Cost of re-indexing dropped images: wall time of the re-index flow adding --new PNGs to synthetic
 stores of each --sizes items (a release of random unit embeddings, random item pixels and an
-untrained 'compact' model: the flow's work does not depend on what the model learned).
+untrained model of the default architecture: the flow's work does not depend on what the model learned).
 Measures scan + validate + normalise + deduplicate + embed + catalogue + publish + move, in one
 process with Prefect and TensorFlow already started (their start-up is reported apart).
 Prints one JSON object.
@@ -80,7 +80,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    similarity = build_model("compact", 64)  # imports TensorFlow
+    similarity = build_model(TrainConfig().architecture, 64)  # imports TensorFlow
     model = load_tensorflow().keras.Model(similarity.inputs, similarity.outputs)  # saved as train_model's output
     tensorflow_seconds = time.perf_counter() - started
     from flows.reindex import reindex

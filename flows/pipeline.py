@@ -65,7 +65,7 @@ def pipeline(
         data_home: where everything is stored (default: $FASHION_SIM_HOME, else ./data)
         mirror: directory or base URL holding the four .gz files (default: $FASHION_MNIST_MIRROR,
             else the public mirrors)
-        architecture: embedding network: compact (default, measured best) or article (the article's)
+        architecture: embedding network: lean (default), compact (the previous default) or article (the article's)
         embedding_size: embedding dimensions (MetricEmbedding output)
         epochs: training epochs
         steps_per_epoch: batches per epoch

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 EMBEDDER_FILE = "embedder.tflite"
-CHUNK = 64  # images per interpreter call in a batch: small enough to stay in cache
+CHUNK = 16  # images per interpreter call in a batch: 10,000 images 0.60 s at 16, 0.64 s at 32, 0.68 s at 64
 SINGLE_MAX = 4  # up to this many images go one by one through the batch-of-one interpreter
 
 _compiled: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -16,7 +16,8 @@ import numpy as np
 
 ANN_MIN_ITEMS = 20_000  # below this, exact search of the segment is as fast as the graph
 HNSW_FILE = "hnsw.bin"
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 96  # recall@10 0.999 vs exact on the real data
+# ef_search 32: 10,000 queries in 0.31 s with recall@10 0.989 vs exact on the real data (ef 48: 0.43 s, 0.995)
+HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 32
 EXACT_NUMPY_MAX_QUERIES = 16  # few queries: numpy matvec + argpartition; many: one TF matmul + top_k
 QUERY_CHUNK = 1024  # queries per TF matrix product: bounds the score matrix to QUERY_CHUNK x items
 

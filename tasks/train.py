@@ -1,7 +1,8 @@
 """train: a metric-learning embedding with TF Similarity (MultiSimilarityLoss, cosine distance).
 
-Architectures are chosen by name. "article" is the article's network, kept for comparison;
-"compact" is the default (see README "Performance" for how the two measure).
+Architectures are chosen by name. "article" is the article's network, kept for comparison; "lean" is
+the default; "compact", the previous default, stays so that releases trained with it can be retrained
+(see README "Performance" for how they measure).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ COSINE_SCALE = 16.0
 
 @dataclass(frozen=True)
 class TrainConfig:
-    architecture: str = "compact"
+    architecture: str = "lean"
     embedding_size: int = 64
     epochs: int = 10
-    steps_per_epoch: int = 450
+    steps_per_epoch: int = 400
     classes_per_batch: int = 10
     examples_per_class: int = 16
     learning_rate: float = 2e-3
@@ -47,14 +48,12 @@ def _article(tf, tfsim, embedding_size: int):
     return inputs, outputs
 
 
-def _compact(tf, tfsim, embedding_size: int):
-    """Three conv-BN-ReLU-pool blocks and a dense layer: 7.8 M multiply-adds per image. Measured on
-    the real data, a depthwise-separable variant (a fifth of the multiply-adds, so twice the steps in
-    the same time) reached precision@1 0.914 after 6,000 steps against this one's 0.922 after 3,000."""
+def _conv_blocks(tf, tfsim, embedding_size: int, widths: tuple[int, ...]):
+    """One conv-BN-ReLU-pool block per width, then a dense layer and the metric embedding."""
     layers = tf.keras.layers
     inputs = layers.Input(shape=(28, 28, 1))
     x = layers.Rescaling(1 / 255)(inputs)
-    for filters in (32, 64, 128):
+    for filters in widths:
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
         x = layers.Activation("relu")(x)
@@ -65,7 +64,21 @@ def _compact(tf, tfsim, embedding_size: int):
     return inputs, outputs
 
 
-ARCHITECTURES: dict[str, Callable] = {"article": _article, "compact": _compact}
+def _compact(tf, tfsim, embedding_size: int):
+    """Widths 32-64-128: 7.8 M multiply-adds per image; precision@1 0.923 after 4,500 steps."""
+    return _conv_blocks(tf, tfsim, embedding_size, (32, 64, 128))
+
+
+def _lean(tf, tfsim, embedding_size: int):
+    """Widths 16-48-96: 3.7 M multiply-adds, so about half the embedding time and two thirds of the
+    training step of compact, for the same precision@1 after the same 4,500 steps (0.922 vs 0.923,
+    within the 0.005 seed-to-seed spread). Measured and not kept: 16-32-64 (2.1 M) 0.916; a
+    depthwise-separable variant 0.914 after 6,000 steps; a CosFace margin of 0.2 on the auxiliary
+    classifier (+0.0004) and dropout 0.3 before the dense layer (-0.001)."""
+    return _conv_blocks(tf, tfsim, embedding_size, (16, 48, 96))
+
+
+ARCHITECTURES: dict[str, Callable] = {"article": _article, "compact": _compact, "lean": _lean}
 
 
 def build_model(architecture: str, embedding_size: int):

@@ -72,7 +72,7 @@ def test_page_shows_the_live_release_and_its_evaluation(live_home):
     release = load_release(live_home)
     at = open_page()
     assert any(release.release_id in text for text in texts(at.markdown))
-    assert any("compact" in text for text in texts(at.markdown))
+    assert any("lean" in text for text in texts(at.markdown))
     assert {metric.label for metric in at.metric} >= {"Indexed items", "precision@1", "recall@5", "MAP@10"}
     assert [tab.label for tab in at.tabs] == ["Search", "Evaluation"]
     assert not at.get("vega_lite_chart")  # only the open view is drawn

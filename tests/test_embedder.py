@@ -13,7 +13,7 @@ import pytest
 
 from storage.embedder import CHUNK, EMBEDDER_FILE, SINGLE_MAX, Embedder, make_embedder
 from storage.releases import load_release
-from tasks.train import build_model
+from tasks.train import TrainConfig, build_model
 from tests.conftest import REPO
 
 
@@ -22,7 +22,7 @@ def model():
     from storage.runtime import load_tensorflow
 
     load_tensorflow().keras.utils.set_random_seed(3)
-    return build_model("compact", 64)
+    return build_model(TrainConfig().architecture, 64)
 
 
 @pytest.mark.parametrize("count", [0, 1, SINGLE_MAX, SINGLE_MAX + 1, CHUNK, CHUNK + 1, 3 * CHUNK - 5])

@@ -18,7 +18,7 @@ def test_pipeline_publishes_a_searchable_release(published_home):
     assert latest_release_id(published_home) == release.release_id
     manifest = release.manifest
     assert manifest["kind"] == "full" and manifest["parent"] is None
-    assert manifest["model"]["architecture"] == "compact"
+    assert manifest["model"]["architecture"] == "lean"
     assert len(release.embeddings) == len(release.items) == Catalog(published_home.catalog).count()
     np.testing.assert_allclose(np.linalg.norm(release.embeddings, axis=1), 1.0, atol=1e-4)
     for key in ("precision@1", "recall@5", "map@10", "per_class_precision@1", "baseline_raw_pixels",
