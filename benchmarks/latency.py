@@ -1,6 +1,7 @@
 """Query latency on a published release: one query and a 10,000-query batch through the code the page
 and `python -m ui.search` use (Release.search), against TF Similarity's single_lookup on the same
-model and catalogue, with the approximate index's recall@10 checked against exact search.
+model and catalogue, with the approximate index's recall@10 checked against exact search. The batch
+figures are medians of --batch-repeats runs; end to end returns SearchResults (columns per query).
 Prints one JSON object. Needs a published release (FASHION_SIM_HOME or --data-home).
 """
 
