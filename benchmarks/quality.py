@@ -39,9 +39,10 @@ def measure(model, train_x, train_y, test_x, test_y) -> dict:
     items = CatalogItems(item_ids=train_y * 0, labels=train_y.astype("int16"), images=train_x.reshape(-1, 28, 28),
                          paths=train_y.astype(str), sources=train_y.astype(str))
     started = time.perf_counter()
-    index = make_embedder(model)(train_x)
+    embed = make_embedder(model)
+    index = embed(train_x)
     index_s = time.perf_counter() - started
-    metrics = evaluate_release(model, test_x, test_y, index, items)
+    metrics = evaluate_release(embed, test_x, test_y, index, items)
     return {"precision@1": metrics["precision@1"], "recall@5": metrics["recall@5"], "map@10": metrics["map@10"],
             "index_seconds": round(index_s, 2), "baseline_raw_pixels_precision@1":
             metrics["baseline_raw_pixels"]["precision@1"]}

@@ -103,8 +103,9 @@ def pipeline(
         sampler = sample_task(items.images[labelled], items.labels[labelled], examples_per_class,
                               steps_per_epoch, classes_per_batch, seed)
         model, history = train_task(sampler, config)
-        embeddings = index_task(make_embedder(model), items)
-        metrics = evaluate_task(model, test_images, test_labels, embeddings, items)
+        embed = make_embedder(model)
+        embeddings = index_task(embed, items)
+        metrics = evaluate_task(embed, test_images, test_labels, embeddings, items)
         decision = gate(metrics, live.metrics if live else None, gate_tolerance)
         if force_publish and not decision["publish"]:
             decision = {**decision, "publish": True, "reason": decision["reason"] + " (published: force_publish)"}

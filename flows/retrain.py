@@ -91,9 +91,10 @@ def retrain(
         sampler = sample_task(images, labels, examples_per_class, steps_per_epoch, config.classes_per_batch, seed)
         model, history = train_task(sampler, config, initial_model=live.model)
 
-        embeddings = index_task(make_embedder(model), items)
+        embed = make_embedder(model)
+        embeddings = index_task(embed, items)
         test_images, test_labels = Arrays(home.arrays).load("test")
-        metrics = evaluate_task(model, test_images, test_labels, embeddings, items)
+        metrics = evaluate_task(embed, test_images, test_labels, embeddings, items)
         decision = gate(metrics, live.metrics, gate_tolerance)
         report_artifact("retrain-evaluation", markdown_report(metrics, "Incremental retrain candidate", decision))
         result = {"published": decision["publish"], "gate": decision, "metrics": headline(metrics),

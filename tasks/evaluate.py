@@ -11,6 +11,8 @@ Definitions (every query is a test image; "relevant" = an indexed item of the qu
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -18,7 +20,6 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.labels import CLASS_NAMES, NUM_CLASSES
 from storage.catalog import CatalogItems
-from storage.embedder import make_embedder
 from storage.search_index import exact_knn
 from tasks.logs import step_logger
 
@@ -58,11 +59,12 @@ def pixel_vectors(images: np.ndarray) -> np.ndarray:
     return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-6)
 
 
-def evaluate_release(model, query_images, query_labels, index_emb: np.ndarray, items: CatalogItems) -> dict:
-    """Embed the test queries with `model`, measure retrieval against the index, and the raw-pixel
-    cosine kNN baseline over the same items beside it."""
+def evaluate_release(embed: Callable[[np.ndarray], np.ndarray], query_images, query_labels, index_emb: np.ndarray,
+                     items: CatalogItems) -> dict:
+    """Embed the test queries with `embed` (the Embedder that embedded the index), measure retrieval
+    against the index, and the raw-pixel cosine kNN baseline over the same items beside it."""
     log = step_logger()
-    query_emb = make_embedder(model)(query_images)
+    query_emb = embed(query_images)
     metrics = retrieval_metrics(query_emb, query_labels, index_emb, items.labels)
     baseline = retrieval_metrics(pixel_vectors(query_images), query_labels, pixel_vectors(items.images),
                                  items.labels)
@@ -105,8 +107,8 @@ def markdown_report(metrics: dict, title: str, gate_decision: dict | None = None
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(model, query_images, query_labels, index_emb, items: CatalogItems) -> dict:
-    return evaluate_release(model, query_images, query_labels, index_emb, items)
+def evaluate_task(embed, query_images, query_labels, index_emb, items: CatalogItems) -> dict:
+    return evaluate_release(embed, query_images, query_labels, index_emb, items)
 
 
 def report_artifact(key: str, markdown: str, description: str = "retrieval evaluation") -> None:

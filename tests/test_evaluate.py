@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from storage.catalog import CatalogItems
+from storage.embedder import make_embedder
 from storage.labels import CLASS_NAMES, NUM_CLASSES
 from tasks.evaluate import evaluate_release, gate, markdown_report, pixel_vectors, retrieval_metrics
 from tests.tiny_data import class_images
@@ -97,7 +98,7 @@ def test_evaluation_reports_the_raw_pixel_baseline_beside_the_model():
                          images=index_images, paths=np.array(["p"] * len(index_labels)),
                          sources=np.array(["s"] * len(index_labels)))
     index_emb = pixel_vectors(index_images)
-    metrics = evaluate_release(pixels_model, query_images[..., None], query_labels, index_emb, items)
+    metrics = evaluate_release(make_embedder(pixels_model), query_images[..., None], query_labels, index_emb, items)
     baseline = metrics["baseline_raw_pixels"]
     assert set(baseline) == {"precision@1", "precision@5", "precision@10", "recall@1", "recall@5",
                              "recall@10", "map@10"}
