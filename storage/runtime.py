@@ -1,4 +1,4 @@
-"""The one place TensorFlow is imported from.
+"""The one place TensorFlow is imported from, and how many CPU cores this process may use.
 
 TF Similarity 0.17.1 does not run on Keras 3, so TensorFlow must see TF_USE_LEGACY_KERAS=1 before
 its first import (it then serves tf-keras as tf.keras). Every module that needs TensorFlow calls
@@ -35,3 +35,8 @@ def load_tensorflow_similarity():
     import tensorflow_similarity as tfsim
 
     return tfsim
+
+
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a container's limit), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
