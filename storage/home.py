@@ -12,6 +12,7 @@ from pathlib import Path
 
 DEFAULT_HOME = "data"
 HOME_ENV = "FASHION_SIM_HOME"
+REASON_SUFFIX = ".reason.txt"  # rejected/<run>/<file> has its reason in <file>.reason.txt beside it
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import numpy as np
 from storage.atomic import atomic_write_text, fsync_dir, fsync_file
 from storage.catalog import Catalog, CatalogItems
 from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
-from storage.home import DataHome
+from storage.home import REASON_SUFFIX, DataHome
 from storage.labels import label_name
 from storage.search_index import (ANN_MIN_ITEMS, HNSW_FILE, Segment, SegmentedIndex, build_hnsw,
                                   load_hnsw)
@@ -323,7 +323,9 @@ def set_latest(home: DataHome, release_id: str) -> None:
 def recover(home: DataHome) -> dict[str, Any]:
     """Undo what a killed writer left. Call with the writer lock held, before writing anything.
 
-    - tmp/ leftovers (half-written releases, partial downloads of a dead run) are deleted;
+    - tmp/ leftovers (half-written releases, partial downloads of a dead run) are deleted, and so are
+      the temporary files of reason files that a killed drop-folder run was writing in rejected/
+      (nothing of the user's can match: hidden files are never moved out of incoming/);
     - a complete release built on the live one whose LATEST move was lost is published (roll forward);
     - catalogue rows of releases that never reached releases/ are deleted.
     """
@@ -332,6 +334,9 @@ def recover(home: DataHome) -> dict[str, Any]:
     for leftover in home.tmp.iterdir():
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         removed.append(leftover.name)
+    for leftover in sorted(home.rejected.rglob(f".*{REASON_SUFFIX}.*.part")):
+        leftover.unlink()
+        removed.append(leftover.relative_to(home.root).as_posix())
     complete = complete_release_ids(home)
     live = latest_release_id(home) if home.latest.exists() else None
     rolled_forward = None

@@ -41,6 +41,7 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.atomic import atomic_write_text
 from storage.catalog import Catalog, CatalogItems
+from storage.home import REASON_SUFFIX
 from storage.images import MAX_FILE_BYTES, ImageRejected, normalise_image
 from storage.labels import CLASS_SLUGS, UNLABELLED, parse_class_folder
 from tasks.logs import step_logger
@@ -216,7 +217,7 @@ def _free_destination(target: Path) -> Path:
 
 
 def reason_path(file: Path) -> Path:
-    return file.with_name(file.name + ".reason.txt")
+    return file.with_name(file.name + REASON_SUFFIX)
 
 
 def move_rejected(incoming: Path, rejected_dir: Path, run_id: str, rejected: list[RejectedFile]) -> None:

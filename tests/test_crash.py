@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from storage.catalog import Catalog
-from storage.home import DataHome
+from storage.home import REASON_SUFFIX, DataHome
 from storage.lock import writer_lock
 from storage.releases import complete_release_ids, load_release
 from tasks.download import MIRROR_ENV, DownloadError, download_dataset, expected_checksums
@@ -129,14 +129,20 @@ def test_pipeline_and_reindex_killed_at_any_moment(home, tiny_mirror, tmp_path):
     assert assert_consistent(home) > live
     assert not any(home.tmp.iterdir())
     assert count_drop_files(home) == len(layout)
+    assert half_written_reason_files(home) == []
     assert home.incoming.joinpath("bag", "just-dropped.png").exists()  # still settling: left waiting
     catalogue_matches(home)
 
 
 def count_drop_files(home: DataHome) -> int:
-    """Dropped files wherever they are now: still waiting, processed or rejected (reason files aside)."""
+    """Dropped files wherever they are now: still waiting, processed or rejected (reason files, and
+    the temporary file of one that a killed run was writing, aside)."""
     return sum(1 for folder in (home.incoming, home.processed, home.rejected) for p in folder.rglob("*")
-               if (p.is_file() or p.is_symlink()) and not p.name.endswith(".reason.txt"))
+               if (p.is_file() or p.is_symlink()) and REASON_SUFFIX not in p.name)
+
+
+def half_written_reason_files(home: DataHome) -> list[Path]:
+    return [p for p in home.rejected.rglob(f".*{REASON_SUFFIX}.*.part")]
 
 
 # ------------------------------------------------------------------------------------------ downloads

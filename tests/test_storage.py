@@ -206,10 +206,20 @@ def test_recover_cleans_up_after_a_killed_writer(home):
     dead.add_segment(*make_items(3, first_id=10))
     (home.tmp / ".train-images.gz.part").write_bytes(b"half")
     Catalog(home.catalog).add(rows_for(make_items(3, first_id=10)[0]), dead.release_id)
+    # ... and a drop-folder run killed while writing a reason file, beside files that are the user's
+    run = home.rejected / "20261129T000000000000Z-reindex"
+    run.mkdir(parents=True)
+    (run / ".shirt.png.reason.txt.k3x9q2.part").write_text("damaged or trunc")
+    users = {"shirt.png": b"png", "shirt.png.reason.txt": b"damaged\n", "notes.part": b"mine"}
+    for name, data in users.items():
+        (run / name).write_bytes(data)
     report = recover(home)
-    assert sorted(report["removed_tmp"]) == sorted([dead.release_id, ".train-images.gz.part"])
+    assert sorted(report["removed_tmp"]) == sorted([
+        dead.release_id, ".train-images.gz.part",
+        "rejected/20261129T000000000000Z-reindex/.shirt.png.reason.txt.k3x9q2.part"])
     assert report["forgotten_catalog_rows"] == 3 and report["rolled_forward"] is None
     assert list(home.tmp.iterdir()) == []
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == users
     assert Catalog(home.catalog).count() == 10 and latest_release_id(home) == live
     assert recover(home) == {"removed_tmp": [], "rolled_forward": None, "forgotten_catalog_rows": 0}
 
