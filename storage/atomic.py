@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+TEMP_SUFFIX = ".part"  # atomic_write_bytes writes <dir>/.<name>.<random>.part, then renames it to <name>
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -24,7 +26,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then os.replace it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -39,3 +41,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def leftover_temp_files(folder: Path, name_pattern: str = "*") -> list[Path]:
+    """Temporary files of atomic writes under `folder` (recursively) that a killed process never
+    renamed into place, for files whose names match `name_pattern`."""
+    return sorted(Path(folder).rglob(f".{name_pattern}.*{TEMP_SUFFIX}"))

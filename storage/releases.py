@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.atomic import atomic_write_text, fsync_dir, fsync_file
+from storage.atomic import atomic_write_text, fsync_dir, fsync_file, leftover_temp_files
 from storage.catalog import Catalog, CatalogItems
 from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
 from storage.home import REASON_SUFFIX, DataHome
@@ -334,7 +334,7 @@ def recover(home: DataHome) -> dict[str, Any]:
     for leftover in home.tmp.iterdir():
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         removed.append(leftover.name)
-    for leftover in sorted(home.rejected.rglob(f".*{REASON_SUFFIX}.*.part")):
+    for leftover in leftover_temp_files(home.rejected, f"*{REASON_SUFFIX}"):
         leftover.unlink()
         removed.append(leftover.relative_to(home.root).as_posix())
     complete = complete_release_ids(home)

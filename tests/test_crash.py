@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from storage.atomic import leftover_temp_files
 from storage.catalog import Catalog
 from storage.home import REASON_SUFFIX, DataHome
 from storage.lock import writer_lock
@@ -129,7 +130,7 @@ def test_pipeline_and_reindex_killed_at_any_moment(home, tiny_mirror, tmp_path):
     assert assert_consistent(home) > live
     assert not any(home.tmp.iterdir())
     assert count_drop_files(home) == len(layout)
-    assert half_written_reason_files(home) == []
+    assert leftover_temp_files(home.rejected) == []
     assert home.incoming.joinpath("bag", "just-dropped.png").exists()  # still settling: left waiting
     catalogue_matches(home)
 
@@ -139,10 +140,6 @@ def count_drop_files(home: DataHome) -> int:
     the temporary file of one that a killed run was writing, aside)."""
     return sum(1 for folder in (home.incoming, home.processed, home.rejected) for p in folder.rglob("*")
                if (p.is_file() or p.is_symlink()) and REASON_SUFFIX not in p.name)
-
-
-def half_written_reason_files(home: DataHome) -> list[Path]:
-    return [p for p in home.rejected.rglob(f".*{REASON_SUFFIX}.*.part")]
 
 
 # ------------------------------------------------------------------------------------------ downloads
