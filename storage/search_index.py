@@ -27,13 +27,13 @@ HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 32
 EXACT_CHUNK = 256
 
 
-def build_hnsw(embeddings: np.ndarray, path: Path, threads: int = 2) -> None:
+def build_hnsw(embeddings: np.ndarray, path: Path, threads: int | None = None) -> None:
     import hnswlib
 
     index = hnswlib.Index(space="ip", dim=embeddings.shape[1])
     index.init_index(max_elements=len(embeddings), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M,
                      random_seed=0)
-    index.set_num_threads(threads)
+    index.set_num_threads(threads or usable_cpus())
     index.add_items(np.asarray(embeddings, dtype=np.float32), np.arange(len(embeddings)))
     index.save_index(str(path))
 
