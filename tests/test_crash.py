@@ -138,8 +138,9 @@ def test_pipeline_and_reindex_killed_at_any_moment(home, tiny_mirror, tmp_path):
 def count_drop_files(home: DataHome) -> int:
     """Dropped files wherever they are now: still waiting, processed or rejected (reason files, and
     the temporary file of one that a killed run was writing, aside)."""
+    half_written = set(leftover_temp_files(home.rejected, f"*{REASON_SUFFIX}"))
     return sum(1 for folder in (home.incoming, home.processed, home.rejected) for p in folder.rglob("*")
-               if (p.is_file() or p.is_symlink()) and REASON_SUFFIX not in p.name)
+               if (p.is_file() or p.is_symlink()) and not p.name.endswith(REASON_SUFFIX) and p not in half_written)
 
 
 # ------------------------------------------------------------------------------------------ downloads
