@@ -13,10 +13,13 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
+
+from storage.files import read_regular_file
 
 IMAGE_SIDE = 28
-ACCEPTED_FORMATS = ("PNG", "JPEG")
+MULTI_PICTURE_JPEG = "MPO"  # what phones and cameras save: a JPEG whose first picture is the photo
+ACCEPTED_FORMATS = ("PNG", "JPEG", MULTI_PICTURE_JPEG)
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # 40 megapixels: any phone photo, far below a decompression bomb
 MIN_SIDE = 8  # fewer pixels than this on a side cannot show a garment; upscaling it only makes a blob
@@ -68,7 +71,9 @@ def _open_checked(data: bytes) -> Image.Image:
             f"image is only {width}x{height} pixels; it needs at least {MIN_SIDE} pixels on each side to show "
             "a garment"
         )
-    if getattr(image, "n_frames", 1) > 1:
+    if image.format == MULTI_PICTURE_JPEG:
+        image.seek(0)  # the later pictures are depth maps, previews or a stereo twin of the first
+    elif getattr(image, "n_frames", 1) > 1:
         raise ImageRejected(f"animated {image.format} with {image.n_frames} frames; use a still image")
     try:
         image.load()
@@ -88,9 +93,27 @@ def _shrink(image: Image.Image) -> Image.Image:
     return image.reduce(factor) if factor > 1 else image
 
 
+# EXIF orientation -> the transpose that shows the picture upright (what ImageOps.exif_transpose uses)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says. Not ImageOps.exif_transpose: it also rewrites the
+    EXIF block, which fails on damaged metadata (fuzzing: TypeError, struct.error) although the pixels
+    are fine; EXIF too damaged to read leaves the picture as stored."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+        method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    except Exception:  # noqa: BLE001 - unreadable metadata is not a reason to refuse the picture
+        method = None
+    return image.transpose(method) if method is not None else image
+
+
 def _to_grayscale(image: Image.Image) -> np.ndarray:
     """Grayscale float array in [0, 255]; transparency becomes white (the usual product-shot backdrop)."""
-    image = ImageOps.exif_transpose(image)
+    image = _upright(image)
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         wide = np.asarray(_shrink(image.convert("F")), dtype=np.float64)
         top = 65535.0 if wide.max() > 255 else 255.0
@@ -130,7 +153,21 @@ def _dataset_conventions(gray: np.ndarray) -> np.ndarray:
 
 
 def normalise_image(data: bytes) -> NormalisedImage:
-    """Validate and normalise an encoded PNG/JPEG. Raises ImageRejected with the reason."""
+    """Validate and normalise an encoded PNG/JPEG. Raises ImageRejected with the reason, and nothing else:
+    whatever a damaged file makes PIL raise (fuzzing found TypeError and struct.error from malformed
+    EXIF, for example) is that file's rejection, never a failed run or a traceback on the page."""
+    try:
+        return _normalise(data)
+    except ImageRejected:
+        raise
+    except MemoryError:
+        raise ImageRejected("image needs more memory to decode than this machine has free") from None
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        detail = " ".join(str(error).split())[:200]  # one line, whatever the library put in it
+        raise ImageRejected(f"image data is damaged or cannot be decoded ({type(error).__name__}: {detail})") from None
+
+
+def _normalise(data: bytes) -> NormalisedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -145,6 +182,16 @@ def normalise_image(data: bytes) -> NormalisedImage:
             return NormalisedImage(already.copy(), content_hash(already), fmt, size)
     pixels = _dataset_conventions(_to_grayscale(image))
     return NormalisedImage(pixels, content_hash(pixels), fmt, size)
+
+
+def normalise_file(path) -> NormalisedImage:
+    """normalise_image of a file, read without blocking and at most MAX_FILE_BYTES + 1 bytes of it; a
+    file that cannot be read (missing, a FIFO, no permission) is rejected like a bad image."""
+    try:
+        data, _ = read_regular_file(path, MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise ImageRejected(f"cannot be read ({error.strerror or error})") from None
+    return normalise_image(data)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
+from storage.home import REASON_SUFFIX
+
 EXIF_ORIENTATION = 0x0112
 ROTATE_90_CW_ON_DISPLAY = 6  # EXIF orientation: the stored pixels must turn 90 degrees clockwise
 
@@ -206,3 +208,16 @@ def build_drop_corpus(incoming: Path, outside: Path) -> dict[str, str]:
         if relative != DROP_ONLY["just-dropped"]:
             os.utime(incoming / relative, (two_hours_ago, two_hours_ago), follow_symlinks=False)
     return layout
+
+
+def _files_under(folder: Path) -> set[str]:
+    """Every file or symlink below `folder`, relative, reason files excluded."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
+            if (p.is_file() or p.is_symlink()) and not p.name.endswith(REASON_SUFFIX)}
+
+
+def accounted(home) -> tuple[set[str], set[str], set[str]]:
+    """(processed, rejected, waiting) paths relative to incoming/, read from the disk."""
+    processed = {path.split("/", 1)[1] for path in _files_under(home.processed)}
+    rejected = {path.split("/", 1)[1] for path in _files_under(home.rejected)}
+    return processed, rejected, _files_under(home.incoming)

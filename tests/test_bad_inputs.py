@@ -89,19 +89,6 @@ def test_exif_orientation_is_applied():
     assert np.abs(untagged - upright).mean() > 30  # the tag matters: without it the garment lies on its side
 
 
-def _files_under(folder) -> set[str]:
-    """Every file or symlink below `folder`, relative, reason files excluded."""
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")
-            if (p.is_file() or p.is_symlink()) and not p.name.endswith(".reason.txt")}
-
-
-def _accounted(home) -> tuple[set[str], set[str], set[str]]:
-    """(processed, rejected, waiting) paths relative to incoming/, read from the disk."""
-    processed = {path.split("/", 1)[1] for path in _files_under(home.processed)}
-    rejected = {path.split("/", 1)[1] for path in _files_under(home.rejected)}
-    return processed, rejected, _files_under(home.incoming)
-
-
 def test_drop_folder_corpus(published_home, tmp_path):
     from flows.reindex import reindex
 
@@ -116,7 +103,7 @@ def test_drop_folder_corpus(published_home, tmp_path):
 
     assert result["published"], result
     assert result["seen"] == len(files_in) == result["indexed"] + result["rejected"] + result["waiting"]
-    processed, rejected, waiting = _accounted(home)
+    processed, rejected, waiting = corpus.accounted(home)
     assert processed | rejected | waiting == files_in and len(processed) + len(rejected) + len(waiting) == len(files_in)
     for relative, (outcome, detail) in DROP_TABLE.items():
         placed = {"processed": processed, "rejected": rejected, "waiting": waiting}
@@ -139,29 +126,7 @@ def test_drop_folder_corpus(published_home, tmp_path):
     # a later run takes the file that has settled since; hidden and partial files keep waiting
     second = reindex(data_home=str(home.root), settle_seconds=0)
     assert (second["seen"], second["indexed"], second["waiting"]) == (3, 1, 2), second
-    processed, rejected, waiting = _accounted(home)
+    processed, rejected, waiting = corpus.accounted(home)
     assert "bag/just-dropped.png" in processed
     assert waiting == {".hidden.png", "dress/new.png.crdownload"}
     assert len(processed) + len(rejected) + len(waiting) == len(files_in)
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns about the corrupt EXIF it skips
-def test_damaged_files_are_accepted_or_rejected_never_crash():
-    """Seeded random byte damage to the valid corpus files: normalise_image normalises or raises
-    ImageRejected, never another exception (which the page would show as a traceback)."""
-    rng = np.random.default_rng(6)
-    valid = [corpus.IMAGES[case]() for case, (outcome, _) in sorted(UPLOAD_TABLE.items())
-             if outcome == "accepted" and case != "huge-photo-4000x3000-jpeg"]
-    outcomes = {"accepted": 0, "rejected": 0}
-    for _ in range(300):
-        data = bytearray(valid[rng.integers(len(valid))])
-        for position in rng.integers(0, min(len(data), 400), size=rng.integers(1, 5)):  # mostly headers
-            data[position] = rng.integers(256)
-        if rng.random() < 0.3:
-            data = data[: rng.integers(len(data))]
-        try:
-            normalise_image(bytes(data))
-            outcomes["accepted"] += 1
-        except ImageRejected:
-            outcomes["rejected"] += 1
-    assert min(outcomes.values()) > 0, outcomes  # the damage exercised both paths

@@ -95,7 +95,7 @@ def gallery(items: list[views.GalleryItem], release, choice: str) -> None:
             try:
                 st.image(views.enlarge(views.item_pixels(item, release)),
                          caption=f"{label_name(item.label)} · {item.caption}")
-            except (ImageRejected, OSError) as error:
+            except ImageRejected as error:
                 st.caption(f"{item.caption}: cannot show ({error})")
                 continue
             st.button("Find similar", key=f"pick-{item.key}", on_click=pick, args=(item.key,),

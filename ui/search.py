@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from storage.home import DataHome
-from storage.images import ImageRejected, normalise_image
+from storage.files import escape_name
+from storage.images import ImageRejected, normalise_file
 from storage.releases import Release, ReleaseError, load_release
 
 
@@ -21,14 +22,15 @@ def search_files(release: Release, paths: list[Path], k: int) -> list[dict]:
     """One result per file: neighbours, or the reason the file could not be searched."""
     results, accepted, pixels = [], [], []
     for path in paths:
+        shown = escape_name(str(path))
         try:
-            image = normalise_image(Path(path).read_bytes())
-        except (ImageRejected, OSError) as error:
-            results.append({"image": str(path), "release_id": release.release_id, "error": str(error)})
+            image = normalise_file(path)
+        except ImageRejected as error:  # the file's own answer; the other files are still searched
+            results.append({"image": shown, "release_id": release.release_id, "error": str(error)})
             continue
         accepted.append(len(results))
         pixels.append(image.pixels)
-        results.append({"image": str(path), "release_id": release.release_id})
+        results.append({"image": shown, "release_id": release.release_id})
     if pixels:
         import numpy as np
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from storage.home import DataHome
-from storage.images import ImageRejected, normalise_image
+from storage.images import normalise_file, normalise_image
 from storage.labels import CLASS_NAMES, label_name
 from storage.releases import METRICS_FILE, Neighbour, Release, complete_release_ids, load_release, read_manifest
 from ui.search import is_no_match
@@ -72,10 +72,10 @@ def gallery_items(home: DataHome, release: Release) -> list[GalleryItem]:
 
 def item_pixels(item: GalleryItem, release: Release) -> np.ndarray:
     """The 28x28 image searched for `item`: its PNG through normalise_image (as `python -m ui.search`
-    reads it), or the stored pixels of a catalogue item. Raises ImageRejected / OSError."""
+    reads it), or the stored pixels of a catalogue item. Raises ImageRejected."""
     if item.row is not None:
         return release.items.images[item.row].reshape(28, 28)
-    return normalise_image(item.path.read_bytes()).pixels
+    return normalise_file(item.path).pixels
 
 
 @dataclass
@@ -107,13 +107,7 @@ def search_item(live: LiveRelease, item: GalleryItem, k: int) -> QueryResult:
 def search_upload(live: LiveRelease, data: bytes, k: int) -> QueryResult:
     """Normalise an uploaded file and search with it. Raises ImageRejected saying what is wrong."""
     started = time.perf_counter()
-    try:
-        pixels = normalise_image(data).pixels
-    except ImageRejected:
-        raise
-    except (OSError, ValueError, SyntaxError) as error:  # what PIL raises for files it half-understands
-        raise ImageRejected(f"the image could not be decoded ({error})") from None
-    return search_pixels(live, pixels, k, started=started)
+    return search_pixels(live, normalise_image(data).pixels, k, started=started)
 
 
 def enlarge(pixels: np.ndarray, scale: int = 4, frame: tuple[int, int, int] | None = None) -> np.ndarray:
