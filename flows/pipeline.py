@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from storage.catalog import Catalog
 from storage.embedder import make_embedder
 from storage.home import DataHome
-from storage.lock import writer_lock
-from storage.releases import NoReleaseError, ReleaseWriter, complete_release_ids, load_release, recover
+from storage.releases import ReleaseWriter, complete_release_ids
+from storage.session import writer_session
 from tasks.download import download_task
 from tasks.evaluate import DEFAULT_GATE_TOLERANCE, evaluate_task, gate, markdown_report, report_artifact
 from tasks.export import export_task
@@ -26,13 +25,6 @@ from tasks.train import TrainConfig, train_task
 
 DEFAULTS = TrainConfig()
 HEADLINE = ("precision@1", "recall@1", "recall@5", "recall@10", "map@10")
-
-
-def live_release_or_none(home: DataHome):
-    try:
-        return load_release(home)
-    except NoReleaseError:
-        return None
 
 
 def headline(metrics: dict) -> dict:
@@ -84,19 +76,17 @@ def pipeline(
     home = DataHome.from_env(data_home or None).ensure()
     config = TrainConfig(architecture, embedding_size, epochs, steps_per_epoch, classes_per_batch,
                          examples_per_class, learning_rate, augment, seed, classifier_weight)
-    with writer_lock(home, holder="pipeline"):
-        recovered = recover(home)
-        if recovered["removed_tmp"] or recovered["rolled_forward"] or recovered["forgotten_catalog_rows"]:
-            log.warning("recovered from an interrupted run: %s", recovered)
+    with writer_session(home, "pipeline", require_live=False) as session:
+        if session.recovery:
+            log.warning("recovered from an interrupted run: %s", session.recovery)
+        live, catalog = session.live, session.catalog
         download_task(home.raw, mirror or None)
         arrays = reshape_task(home.raw, home.arrays)
         train_images, train_labels = arrays.load("train")
         test_images, test_labels = arrays.load("test")
         export_task(test_images, test_labels, home.gallery, gallery_size, seed)
 
-        live = live_release_or_none(home)
         writer = ReleaseWriter(home)
-        catalog = Catalog(home.catalog)
         catalogue_dataset(catalog, train_images, train_labels, writer.release_id)
         items = catalog.load()
         labelled = items.labels >= 0

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from storage.catalog import Catalog
 from storage.home import DataHome
-from storage.lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
-from storage.releases import ReleaseWriter, latest_release_id, load_release, new_release_id, recover
+from storage.lock import DEFAULT_LOCK_TIMEOUT_S
+from storage.releases import ReleaseWriter, latest_release_id, new_release_id
+from storage.session import writer_session
 from tasks.evaluate import report_artifact
 from tasks.index import index_task
 from tasks.ingest import (DEFAULT_SETTLE_SECONDS, DropScan, has_pending_files, move_processed, move_rejected,
@@ -26,11 +26,13 @@ from tasks.logs import step_logger
 from tasks.publish import publish_task
 
 
-def report(counts: dict, release_id: str | None, reason: str, rejections: list[str]) -> str:
+def report(counts: dict, release_id: str | None, reason: str, rejections: list[str], move_notes: list[str]) -> str:
     lines = ["# Drop-folder re-index", "", reason, "", "| files | count |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in counts.items()]
     if rejections:
         lines += ["", "## Rejected", "", *rejections]
+    if move_notes:
+        lines += ["", "## Notes on rejected/", "", *move_notes]
     if release_id:
         lines += ["", f"Release: `{release_id}`"]
     return "\n".join(lines)
@@ -50,14 +52,13 @@ def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     home = DataHome.from_env(data_home or None).ensure()
     if not has_pending_files(home.incoming):  # the every-minute case: no lock, no model, no artifact
         return {"published": False, "release_id": latest_release_id(home),
-                "reason": f"nothing to index: {home.incoming} is empty", **DropScan().counts(), "rejections": []}
-    with writer_lock(home, timeout_s=lock_timeout_s, holder="reindex"):
-        recovered = recover(home)
-        if recovered["removed_tmp"] or recovered["rolled_forward"] or recovered["forgotten_catalog_rows"]:
-            log.warning("recovered from an interrupted run: %s", recovered)
-        live = load_release(home)  # NoReleaseError says to run the pipeline first
-        catalog = Catalog(home.catalog)
-        scan = scan_task(home.incoming, catalog, catalog.next_item_id(), settle_seconds)
+                "reason": f"nothing to index: {home.incoming} is empty", **DropScan().counts(), "rejections": [],
+                "notes": []}
+    with writer_session(home, "reindex", lock_timeout_s) as session:  # NoReleaseError: run the pipeline first
+        if session.recovery:
+            log.warning("recovered from an interrupted run: %s", session.recovery)
+        live, catalog = session.live, session.catalog
+        scan = scan_task(home.incoming, catalog, session.next_item_id, settle_seconds)
         counts = scan.counts()
         release_id = None
         if scan.accepted:
@@ -78,12 +79,15 @@ def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         else:
             reason = (f"no valid new files ({counts['rejected']} rejected, {counts['waiting']} waiting): "
                       "nothing published")
-        move_rejected(home.incoming, home.rejected, release_id or new_release_id(), scan.rejected)
+        move_notes = move_rejected(home.incoming, home.rejected, release_id or new_release_id(), scan.rejected)
     log.info("reindex: %s (%s)", reason, counts)
-    report_artifact("reindex-report", report(counts, release_id, reason, rejection_lines(scan)),
+    for note in move_notes:
+        log.warning("reindex: %s", note.removeprefix("- "))
+    report_artifact("reindex-report", report(counts, release_id, reason, rejection_lines(scan), move_notes),
                     description="drop-folder re-index")
     return {"published": release_id is not None, "release_id": release_id or live.release_id, "reason": reason,
-            **counts, "rejections": [{"path": r.relative, "reason": r.reason} for r in scan.rejected]}
+            **counts, "rejections": [{"path": r.name, "reason": r.reason} for r in scan.rejected],
+            "notes": move_notes}
 
 
 if __name__ == "__main__":

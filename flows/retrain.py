@@ -17,11 +17,11 @@ import numpy as np
 from prefect import flow
 
 from flows.pipeline import headline
-from storage.catalog import Catalog
 from storage.embedder import make_embedder
 from storage.home import DataHome
-from storage.lock import DEFAULT_LOCK_TIMEOUT_S, writer_lock
-from storage.releases import ReleaseWriter, load_release, recover
+from storage.lock import DEFAULT_LOCK_TIMEOUT_S
+from storage.releases import ReleaseWriter
+from storage.session import writer_session
 from tasks.evaluate import DEFAULT_GATE_TOLERANCE, evaluate_task, gate, markdown_report, report_artifact
 from tasks.export import balanced_indices
 from tasks.index import index_task
@@ -65,13 +65,11 @@ def retrain(
     """
     log = step_logger()
     home = DataHome.from_env(data_home or None).ensure()
-    with writer_lock(home, timeout_s=lock_timeout_s, holder="retrain"):
-        recovered = recover(home)
-        if recovered["removed_tmp"] or recovered["rolled_forward"] or recovered["forgotten_catalog_rows"]:
-            log.warning("recovered from an interrupted run: %s", recovered)
-        live = load_release(home)  # NoReleaseError says to run the pipeline first
+    with writer_session(home, "retrain", lock_timeout_s) as session:  # NoReleaseError: run the pipeline first
+        if session.recovery:
+            log.warning("recovered from an interrupted run: %s", session.recovery)
+        live, catalog = session.live, session.catalog
         trained_through = int(live.manifest["model"]["trained_through_item_id"])
-        catalog = Catalog(home.catalog)
         new = catalog.load_labelled_after(trained_through)
         if not len(new):
             reason = (f"no new labelled items since release {live.release_id} was trained "

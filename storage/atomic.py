@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 TEMP_SUFFIX = ".part"  # atomic_write_bytes writes <dir>/.<name>.<random>.part, then renames it to <name>
+TEMP_NAME_EXTRA_BYTES = len("..") + 8 + len(TEMP_SUFFIX)  # a temporary name is this much longer (8 random chars)
 
 
 def fsync_dir(path: Path) -> None:

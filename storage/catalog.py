@@ -4,20 +4,25 @@ or retrain on the whole catalogue without going back to the original files.
 Rows are written under the writer lock *before* the release that contains them is published, tagged
 with that release's id. `forget_unpublished` (run by every writer at start) deletes rows whose
 release never made it into releases/, so a crash between the two leaves nothing behind.
+
+Item ids are never reused: the next free id is the larger of the highest catalogued id + 1 and a
+floor kept in the `meta` table, which a writer raises to the live release's `next_item_id` (so a
+catalogue rebuilt from the live release continues above every id any release ever gave out).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from storage.images import IMAGE_SIDE
+from storage.images import IMAGE_SIDE, content_hash
+from storage.lock import processes_holding
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -32,7 +37,10 @@ CREATE TABLE IF NOT EXISTS items (
 );
 CREATE INDEX IF NOT EXISTS items_hash ON items(content_hash);
 CREATE INDEX IF NOT EXISTS items_release ON items(release_id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+NEXT_ITEM_ID = "next_item_id"
+DEFAULT_BUSY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -48,9 +56,18 @@ class CatalogItems:
     def __len__(self) -> int:
         return len(self.item_ids)
 
+    @classmethod
+    def concatenate(cls, parts: list["CatalogItems"]) -> "CatalogItems":
+        return cls(*(np.concatenate([getattr(part, column) for part in parts])
+                     for column in ("item_ids", "labels", "images", "paths", "sources")))
 
-def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=60)
+
+class CatalogError(RuntimeError):
+    """The catalogue cannot be used right now; the message says why and what to do."""
+
+
+def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=timeout_s)
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=FULL")
     connection.executescript(SCHEMA)
@@ -58,26 +75,62 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class Catalog:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S):
         self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+
+    @contextmanager
+    def _open(self) -> Iterator[sqlite3.Connection]:
+        """A connection; "locked" and "not a database" become one line that says who and what to do."""
+        try:
+            with closing(_connect(self.path, self.busy_timeout_s)) as db:
+                yield db
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) and "busy" not in str(error):
+                raise  # e.g. "database or disk is full": the writer session says what to do
+            holders = "; ".join(processes_holding(self.path)) or "no process of this machine (another machine?)"
+            raise CatalogError(
+                f"The catalogue {self.path} stayed locked for {self.busy_timeout_s:g} s; it is open in: "
+                f"{holders}. End the process that holds a transaction on it (for example an open sqlite3 shell) "
+                "and run again. Nothing was changed by this run."
+            ) from None
+        except sqlite3.DatabaseError as error:
+            raise CatalogError(
+                f"The catalogue {self.path} is damaged ({error}). Move it aside (mv {self.path} "
+                f"{self.path}.damaged) and run again: the next run rebuilds it from the live release."
+            ) from None
 
     def count(self) -> int:
-        with closing(_connect(self.path)) as db:
+        with self._open() as db:
             return db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     def count_source(self, source: str) -> int:
-        with closing(_connect(self.path)) as db:
+        with self._open() as db:
             return db.execute("SELECT COUNT(*) FROM items WHERE source = ?", (source,)).fetchone()[0]
 
     def next_item_id(self) -> int:
-        with closing(_connect(self.path)) as db:
-            return (db.execute("SELECT MAX(item_id) FROM items").fetchone()[0] or -1) + 1
+        """The first id never given out (see the module docstring)."""
+        with self._open() as db:
+            highest = db.execute("SELECT MAX(item_id) FROM items").fetchone()[0]
+            floor = db.execute("SELECT value FROM meta WHERE key = ?", (NEXT_ITEM_ID,)).fetchone()
+        next_free = 0 if highest is None else highest + 1
+        return next_free if floor is None else max(next_free, floor[0])
+
+    def keep_ids_from(self, next_item_id: int) -> None:
+        """Never give out an id below `next_item_id` (the live release's), whatever rows are lost."""
+        with self._open() as db, db:
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                       "SET value = MAX(value, excluded.value)", (NEXT_ITEM_ID, int(next_item_id)))
+
+    def item_ids(self) -> np.ndarray:
+        with self._open() as db:
+            return np.array([r[0] for r in db.execute("SELECT item_id FROM items")], dtype=np.int64)
 
     def find_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
         """content hash -> item id, for those hashes already catalogued."""
         wanted = list(set(hashes))
         found: dict[str, int] = {}
-        with closing(_connect(self.path)) as db:
+        with self._open() as db:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start: start + 500]
                 marks = ",".join("?" * len(chunk))
@@ -90,7 +143,7 @@ class Catalog:
     def add(self, rows: list[dict], release_id: str) -> None:
         """Insert rows (item_id, content_hash, label, source, path, pixels) in one transaction."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with closing(_connect(self.path)) as db, db:
+        with self._open() as db, db:
             db.executemany(
                 "INSERT INTO items (item_id, content_hash, label, source, path, pixels, release_id, added_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -101,8 +154,15 @@ class Catalog:
                 ],
             )
 
+    def restore(self, items: CatalogItems, release_id: str) -> None:
+        """Catalogue a release's items again (after the catalogue was lost), tagged with that release."""
+        self.add([{"item_id": item_id, "content_hash": content_hash(pixels), "label": label, "source": source,
+                   "path": path, "pixels": pixels}
+                  for item_id, label, pixels, path, source in zip(items.item_ids, items.labels, items.images,
+                                                                  items.paths, items.sources)], release_id)
+
     def load(self, where: str = "", params: tuple = ()) -> CatalogItems:
-        with closing(_connect(self.path)) as db:
+        with self._open() as db:
             rows = db.execute(
                 f"SELECT item_id, label, pixels, path, source FROM items {where} ORDER BY item_id", params
             ).fetchall()
@@ -122,7 +182,7 @@ class Catalog:
 
     def forget_unpublished(self, published_release_ids: set[str]) -> int:
         """Delete rows written for releases that never got published (a crashed run). Returns count."""
-        with closing(_connect(self.path)) as db, db:
+        with self._open() as db, db:
             release_ids = [r[0] for r in db.execute("SELECT DISTINCT release_id FROM items")]
             orphans = [rid for rid in release_ids if rid not in published_release_ids]
             deleted = 0

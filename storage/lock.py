@@ -1,13 +1,17 @@
-"""One writer at a time: an OS file lock on the data home.
+"""One writer at a time: an OS file lock on the data home, and who holds it when a run must wait.
 
 The lock is flock-based, so the kernel drops it when its holder dies (even by SIGKILL): a crashed
-run never leaves a stale lock behind. Readers never take it.
+run never leaves a stale lock behind. Readers never take it. The holder writes who it is and since
+when to .writer.holder, so a run that gives up waiting can say who it waited for.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock, Timeout
@@ -15,10 +19,18 @@ from filelock import FileLock, Timeout
 from storage.home import DataHome
 
 DEFAULT_LOCK_TIMEOUT_S = float(os.environ.get("FASHION_SIM_LOCK_TIMEOUT", "600"))
+HOLDER_FILE = ".writer.holder"  # "<flow> pid=<pid> host=<host> since=<ISO time>", written by the holder
 
 
 class StoreBusyError(RuntimeError):
     """Another run holds the writer lock for longer than we were willing to wait."""
+
+
+def _holder_description(home: DataHome) -> str:
+    try:
+        return (home.root / HOLDER_FILE).read_text().strip() or "an unnamed run"
+    except OSError:
+        return "a run that did not say who it is"
 
 
 @contextmanager
@@ -30,13 +42,46 @@ def writer_lock(home: DataHome, timeout_s: float | None = None, holder: str = ""
         lock.acquire()
     except Timeout:
         raise StoreBusyError(
-            f"Another pipeline run is writing to {home.root} (lock {home.writer_lock}) and did not "
-            f"finish within {timeout:.0f} s. Wait for it to end and run again, or raise "
-            "FASHION_SIM_LOCK_TIMEOUT. Nothing was changed by this run."
+            f"Another pipeline run is writing to {home.root}: {_holder_description(home)} holds the lock "
+            f"{home.writer_lock} and did not finish within {timeout:.0f} s. Wait for it to end and run again, "
+            "or raise FASHION_SIM_LOCK_TIMEOUT. Nothing was changed by this run."
         ) from None
     try:
-        if holder:
-            (home.root / ".writer.holder").write_text(f"{holder} pid={os.getpid()}\n")
+        _say_who_holds(home, holder)
         yield
     finally:
         lock.release()
+
+
+def _say_who_holds(home: DataHome, holder: str) -> None:
+    """Best effort (it only informs; a full disk must not stop the run here): a reader may see it half-written."""
+    since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        (home.root / HOLDER_FILE).write_text(
+            f"{holder or 'a writer'} pid={os.getpid()} host={socket.gethostname()} since={since}\n")
+    except OSError:
+        pass
+
+
+def processes_holding(path: Path) -> list[str]:
+    """'pid N (command) since TIME' for each process of this machine that has `path` (or its SQLite
+    -wal / -shm companions) open, read from /proc; empty where /proc cannot tell."""
+    wanted = {str(Path(path).resolve()) + suffix for suffix in ("", "-wal", "-shm", "-journal")}
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if not any(os.readlink(fd) in wanted for fd in (proc / "fd").iterdir()):
+                continue
+            command = " ".join((proc / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
+            found.append(f"pid {proc.name} ({command[:80] or '?'}) since {_process_start(proc)}")
+        except OSError:  # gone meanwhile, or not ours to look at
+            continue
+    return found
+
+
+def _process_start(proc: Path) -> str:
+    ticks = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: start time
+    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                if line.startswith("btime "))
+    started = datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
+    return started.isoformat(timespec="seconds")

@@ -12,8 +12,12 @@ releases, so they never see half of one and never wait for a writer.
         segments/<name>/     embeddings.npy item_ids.npy labels.npy images.npy paths.npy sources.npy
 
 Segments are immutable too: a re-index hard-links the live release's segments into the new release
-and adds one segment with the new items, so its cost grows with the new items, not the index.
-Segments of 20,000+ items also hold an HNSW graph (storage/search_index.py).
+and adds one segment with the new items, so its cost grows with the new items, not the index. Once
+the live release has MAX_MINOR_SEGMENTS segments besides its largest, the re-index merges them with
+the new items into one, so segments stay few between retrains (a retrain or pipeline run writes one).
+Segments of ANN_MIN_ITEMS or more hold an HNSW graph (storage/search_index.py).
+Every manifest records `next_item_id`, the first item id no release has given out, so ids are never
+reused even when the catalogue has to be rebuilt from the releases.
 Nothing in a release is unpickled: arrays load with allow_pickle=False, the model from its config.
 """
 
@@ -34,6 +38,7 @@ import numpy as np
 from storage.atomic import atomic_write_text, fsync_dir, fsync_file, leftover_temp_files
 from storage.catalog import Catalog, CatalogItems
 from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
+from storage.files import NotRegularFileError, read_regular_file
 from storage.home import REASON_SUFFIX, DataHome
 from storage.labels import label_name
 from storage.search_index import (ANN_MIN_ITEMS, HNSW_FILE, Segment, SegmentedIndex, build_hnsw,
@@ -44,6 +49,12 @@ MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 SEGMENT_ARRAYS = ("embeddings", "item_ids", "labels", "images", "paths", "sources")
 RELEASE_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z$")
+LATEST_MAX_BYTES = 4096  # a release id and a newline; anything longer is not a pointer of this store
+# a re-index merges the segments besides the largest once there are this many: each graph among them
+# costs a query about 10 us more and each segment is six files to open when a release loads (small
+# graph-less ones are searched as one block, see SegmentedIndex). 50 re-index runs of 10 images then
+# leave 3 segments, and one query costs 1.11x what it cost right after the pipeline (benchmarks/segments.py)
+MAX_MINOR_SEGMENTS = 8
 
 
 class ReleaseError(RuntimeError):
@@ -61,12 +72,25 @@ def new_release_id() -> str:
 # ----------------------------------------------------------------------------------------- reading
 
 
+def restore_latest_hint(home: DataHome) -> str:
+    """What to run to point LATEST at a release again (or to publish a first one)."""
+    complete = complete_release_ids(home)
+    if not complete:
+        return "run `make demo` or `python -m flows.pipeline` to publish a release."
+    return (f"restore the pointer with `echo {complete[-1]} > {home.latest}` (releases/ holds "
+            f"{len(complete)} complete release(s); that is the newest).")
+
+
 def latest_release_id(home: DataHome) -> str | None:
     """The id LATEST points at, validated to be a plain release id; None when nothing is published."""
     try:
-        text = home.latest.read_text().strip()
+        data, _ = read_regular_file(home.latest, LATEST_MAX_BYTES)
     except FileNotFoundError:
         return None
+    except NotRegularFileError as error:
+        raise ReleaseError(f"{home.latest} is {error.kind}, not the file that names the live release; "
+                           f"refusing it. Remove it, then {restore_latest_hint(home)}") from None
+    text = data.decode("utf-8", errors="replace").strip()
     if not RELEASE_ID_PATTERN.match(text):
         raise ReleaseError(
             f"{home.latest} holds {text[:80]!r}, which is not a release id of this store; refusing to "
@@ -212,6 +236,11 @@ def _load_segment(folder: Path) -> dict[str, np.ndarray]:
     return {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in SEGMENT_ARRAYS}
 
 
+def _segment_items(segment: dict[str, np.ndarray]) -> CatalogItems:
+    return CatalogItems(item_ids=segment["item_ids"], labels=segment["labels"], images=segment["images"],
+                        paths=segment["paths"], sources=segment["sources"])
+
+
 def _segment_index(path: Path, names: list[str], arrays: list[dict[str, np.ndarray]]) -> SegmentedIndex:
     segments, offset = [], 0
     for name, segment in zip(names, arrays):
@@ -227,17 +256,14 @@ def load_release(home: DataHome, release_id: str | None = None) -> Release:
     """Open a complete release of this store (LATEST when no id is given)."""
     release_id = release_id or latest_release_id(home)
     if release_id is None:
-        raise NoReleaseError(
-            f"No release is published in {home.root} yet. Run `make demo` or "
-            "`python -m flows.pipeline` to publish one."
-        )
+        state = "(LATEST is missing)" if complete_release_ids(home) else "yet"
+        raise NoReleaseError(f"No release is published in {home.root} {state}: {restore_latest_hint(home)}")
     manifest = read_manifest(home, release_id)
     path = home.releases / release_id
     segments = [_load_segment(path / "segments" / name) for name in manifest["segments"]]
     joined = {name: np.concatenate([s[name] for s in segments]) for name in SEGMENT_ARRAYS}
     index = _segment_index(path, manifest["segments"], segments)
-    items = CatalogItems(item_ids=joined["item_ids"], labels=joined["labels"], images=joined["images"],
-                         paths=joined["paths"], sources=joined["sources"])
+    items = _segment_items(joined)
     metrics_path = path / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return Release(release_id, path, manifest, np.ascontiguousarray(joined["embeddings"], np.float32), items,
@@ -256,6 +282,7 @@ class ReleaseWriter:
         self.path = home.tmp / self.release_id
         (self.path / "segments").mkdir(parents=True)
         self.segments: list[str] = []
+        self.next_item_id = 0  # raised by every segment added or linked, and by the parent at publish
 
     def add_segment(self, items: CatalogItems, embeddings: np.ndarray) -> str:
         name = f"{self.release_id}-{len(self.segments)}"
@@ -269,17 +296,39 @@ class ReleaseWriter:
         if len(items) >= ANN_MIN_ITEMS:
             build_hnsw(arrays["embeddings"], folder / HNSW_FILE)
         self.segments.append(name)
+        if len(items):
+            self.next_item_id = max(self.next_item_id, int(items.item_ids.max()) + 1)
         return name
 
-    def link_segments_from(self, release: Release) -> None:
-        """Reuse a release's segments by hard link: no copy, and the originals are never modified."""
-        for name in release.manifest["segments"]:
+    def link_segments_from(self, release: Release, names: list[str] | None = None) -> None:
+        """Reuse a release's segments (all, or `names`) by hard link: no copy, the originals never modified."""
+        for name in release.manifest["segments"] if names is None else names:
             source = release.path / "segments" / name
             target = self.path / "segments" / name
             target.mkdir()
             for file in source.iterdir():
                 os.link(file, target / file.name)
             self.segments.append(name)
+        self.next_item_id = max(self.next_item_id, next_item_id_of(release.manifest, release.items))
+
+    def extend(self, base: Release, items: CatalogItems | None, embeddings: np.ndarray | None) -> None:
+        """`base`'s segments plus the new items: linked as they are and one new segment, or, once `base`
+        has MAX_MINOR_SEGMENTS segments besides its largest, those merged with the new items into one."""
+        sizes = {name: len(np.load(base.path / "segments" / name / "item_ids.npy", mmap_mode="r"))
+                 for name in base.manifest["segments"]}
+        largest = max(sizes, key=sizes.get)
+        minor = [name for name in base.manifest["segments"] if name != largest]
+        new = [] if items is None or not len(items) else [(items, np.asarray(embeddings, np.float32))]
+        if len(minor) < MAX_MINOR_SEGMENTS:
+            self.link_segments_from(base)
+            for new_items, new_embeddings in new:
+                self.add_segment(new_items, new_embeddings)
+            return
+        self.link_segments_from(base, [name for name in base.manifest["segments"] if name not in minor])
+        merged = [(_segment_items(m), m["embeddings"]) for m in
+                  (_load_segment(base.path / "segments" / name) for name in minor)] + new
+        self.add_segment(CatalogItems.concatenate([part for part, _ in merged]),
+                         np.concatenate([vectors for _, vectors in merged]))
 
     def save_model(self, model) -> None:
         model.save(self.path / MODEL_FILE, save_format="keras")
@@ -299,7 +348,10 @@ class ReleaseWriter:
         for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
             fsync_file(file)
             files[file.relative_to(self.path).as_posix()] = file.stat().st_size
+        if manifest.get("parent"):  # ids the parent gave out stay given out, whatever this release holds
+            self.next_item_id = max(self.next_item_id, next_item_id_of(read_manifest(self.home, manifest["parent"])))
         full = {**manifest, "release_id": self.release_id, "segments": self.segments, "files": files,
+                "next_item_id": self.next_item_id,
                 "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (self.path / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
         fsync_file(self.path / MANIFEST)
@@ -313,6 +365,14 @@ class ReleaseWriter:
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def next_item_id_of(manifest: dict[str, Any], items: CatalogItems | None = None) -> int:
+    """The first id a release's manifest says was never given out; for a release published before
+    manifests recorded it, one past its highest item id (`items`), else 0."""
+    if "next_item_id" in manifest:
+        return int(manifest["next_item_id"])
+    return int(items.item_ids.max()) + 1 if items is not None and len(items) else 0
 
 
 def set_latest(home: DataHome, release_id: str) -> None:

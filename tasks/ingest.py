@@ -7,15 +7,22 @@ Drop-folder policy (the re-index flow and its tests follow exactly this):
   read by storage.labels.parse_class_folder (index 0-9, slug such as "ankle-boot", or an alias).
   incoming/<file>.png|.jpg|.jpeg is an unlabelled item (label -1).
 - Validation and normalisation go only through storage.images.normalise_image, the function search
-  uses, so an item is stored exactly as a query of the same file is searched. A file's size is taken
-  with lstat first and at most MAX_FILE_BYTES + 1 bytes of it are read (O_NOFOLLOW).
+  uses, so an item is stored exactly as a query of the same file is searched. A file is opened
+  without blocking and without following links, its type checked on the open descriptor (a FIFO
+  swapped in after the scan is rejected, never waited on), and at most MAX_FILE_BYTES + 1 bytes read.
+- One file never stops the run: whatever goes wrong while reading or normalising it (or listing a
+  folder) becomes that file's rejection or leaves it waiting; only a full disk stops the run, before
+  anything of the user's is lost.
+- Names are recorded (catalogue paths, reasons, reports, results) in storage.files.escape_name's
+  form, so a name that is not valid UTF-8 is stored as text; files are moved by their real names.
 - Left waiting, untouched (counted as "waiting"; a later run looks again): hidden files and folders
   (name starts with "."; a hidden folder counts as one entry), names ending in .part, .tmp,
   .crdownload or .partial, files modified less than `settle_seconds` ago, and files whose size or
   modification time changed while they were being read (two lstat calls around the read).
 - Rejected: moved to rejected/<run id>/<path relative to incoming/> with a sibling
   "<name>.reason.txt" holding a one-line reason; nothing there is ever overwritten (a numeric
-  suffix is added on collision). Reasons: normalise_image's own (not an image, damaged, too large,
+  suffix is added on collision). A name too long to take the suffix gets a reason file with a short
+  derived name (its first 100 bytes, "-", a hash of the name), listed in the run's report. Reasons: normalise_image's own (not an image, damaged, too large,
   flat colour...); symbolic links ("symbolic links are not followed"; the link itself is moved, its
   target is untouched); files in a sub-folder that is not a class name (the reason names the folder
   and the accepted names); anything nested deeper than incoming/<class>/<file>; other extensions
@@ -30,6 +37,7 @@ Drop-folder policy (the re-index flow and its tests follow exactly this):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -39,10 +47,13 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.atomic import atomic_write_text
+from storage.atomic import TEMP_NAME_EXTRA_BYTES, atomic_write_text
 from storage.catalog import Catalog, CatalogItems
+from storage.files import (NAME_MAX_BYTES, escape_name, file_kind, name_bytes, read_regular_file,
+                           shorten_name)
 from storage.home import REASON_SUFFIX
 from storage.images import MAX_FILE_BYTES, ImageRejected, normalise_image
+from storage.session import is_out_of_space
 from storage.labels import CLASS_SLUGS, UNLABELLED, parse_class_folder
 from tasks.logs import step_logger
 
@@ -64,8 +75,13 @@ class AcceptedFile:
 
 @dataclass(frozen=True)
 class RejectedFile:
-    relative: str
+    relative: str  # the real name, as os functions take it
     reason: str
+
+    @property
+    def name(self) -> str:
+        """The relative path as recorded (storage.files.escape_name)."""
+        return escape_name(self.relative)
 
 
 @dataclass
@@ -86,7 +102,7 @@ class DropScan:
         """Catalog.add rows for the accepted files, with the paths they get under `processed`
         (processed/<release id>, relative to the data home)."""
         return [{"item_id": a.item_id, "content_hash": a.content_hash, "label": a.label, "source": DROP_SOURCE,
-                 "path": f"{processed}/{a.relative}", "pixels": a.pixels} for a in self.accepted]
+                 "path": f"{processed}/{escape_name(a.relative)}", "pixels": a.pixels} for a in self.accepted]
 
 
 def rows_to_items(rows: list[dict]) -> CatalogItems:
@@ -100,7 +116,7 @@ def rows_to_items(rows: list[dict]) -> CatalogItems:
 
 
 def class_folder_reason(folder: str) -> str:
-    return (f"folder {folder!r} is not a class name; use incoming/<class>/ with <class> one of "
+    return (f"folder '{escape_name(folder)}' is not a class name; use incoming/<class>/ with <class> one of "
             f"{', '.join(CLASS_SLUGS)} or its index 0-9 (or put unlabelled images directly in incoming/)")
 
 
@@ -116,28 +132,38 @@ def _waiting_reason(entry: os.DirEntry, now: float, settle_seconds: float) -> st
 
 
 def _read_settled(path: Path) -> bytes | None:
-    """The file's first MAX_FILE_BYTES + 1 bytes, or None if it changed while being read."""
-    before = os.lstat(path)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(min(before.st_size, MAX_FILE_BYTES) + 1)
-    after = os.lstat(path)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+    """The file's first MAX_FILE_BYTES + 1 bytes, or None if it changed (or was replaced) while being read."""
+    data, read = read_regular_file(path, MAX_FILE_BYTES + 1, follow_symlinks=False)
+    now = os.lstat(path)
+    if (read.st_ino, read.st_size, read.st_mtime_ns) != (now.st_ino, now.st_size, now.st_mtime_ns):
         return None
     return data
+
+
+def _kind(entry: os.DirEntry) -> str:
+    try:
+        return file_kind(entry.stat(follow_symlinks=False).st_mode)
+    except OSError:
+        return "something else"
 
 
 def _walk(incoming: Path, now: float, settle_seconds: float):
     """Yield (relative path, label, rejection reason, waiting reason) per entry, in sorted order:
     exactly one of label (a candidate image) / rejection reason / waiting reason is set."""
     def entries(folder: Path):
-        with os.scandir(folder) as found:
-            return sorted(found, key=lambda e: e.name)
+        try:
+            with os.scandir(folder) as found:
+                return sorted(found, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):  # moved away by the user since it was listed
+            return []
 
     def visit(folder: Path, prefix: str, depth: int, label: int | None, folder_reason: str | None):
         for entry in entries(folder):
             relative = f"{prefix}{entry.name}"
-            waiting = _waiting_reason(entry, now, settle_seconds)
+            try:
+                waiting = _waiting_reason(entry, now, settle_seconds)
+            except FileNotFoundError:  # removed by the user since the folder was listed
+                continue
             if waiting:
                 yield relative, None, None, waiting
             elif entry.is_symlink():
@@ -150,13 +176,13 @@ def _walk(incoming: Path, now: float, settle_seconds: float):
                     if child_label is None:
                         reason = class_folder_reason(entry.name)
                 elif reason is None:
-                    reason = (f"nested too deep ({relative}/...): put images in incoming/<class>/ "
+                    reason = (f"nested too deep ({escape_name(relative)}/...): put images in incoming/<class>/ "
                               "or directly in incoming/")
                 yield from visit(Path(entry.path), relative + "/", depth + 1, child_label, reason)
             elif folder_reason:
                 yield relative, None, folder_reason, None
             elif not entry.is_file(follow_symlinks=False):
-                yield relative, None, "not a regular file", None
+                yield relative, None, f"{_kind(entry)}, not a regular file: drop image files only", None
             elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 suffix = Path(entry.name).suffix or "(none)"
                 yield relative, None, f"unsupported file type {suffix}: use PNG or JPEG (.png, .jpg, .jpeg)", None
@@ -185,7 +211,7 @@ def scan_drop_folder(incoming: Path, catalog: Catalog, first_item_id: int,
             data = _read_settled(incoming / relative)
         except FileNotFoundError:  # removed by the user since the walk: no longer ours to count
             continue
-        except OSError as error:
+        except OSError as error:  # a FIFO or device swapped in, no permission...: this file's rejection
             scan.rejected.append(RejectedFile(relative, f"cannot be read ({error.strerror or error})"))
             continue
         if data is None:
@@ -207,37 +233,84 @@ def scan_drop_folder(incoming: Path, catalog: Catalog, first_item_id: int,
     return scan
 
 
+def _numbered(target: Path, number: int) -> Path:
+    """`target` with -number before its extension, cut to fit NAME_MAX when the name is long."""
+    name = f"{target.stem}-{number}{target.suffix}"
+    if name_bytes(name) <= NAME_MAX_BYTES:
+        return target.with_name(name)
+    tail = f"-{number}"
+    return target.with_name(shorten_name(target.name, NAME_MAX_BYTES - len(tail)) + tail)
+
+
 def _free_destination(target: Path) -> Path:
-    """`target`, or `target` with -1, -2... before the extension, whichever (and its reason file) is free."""
+    """`target`, or `target` numbered -1, -2..., whichever (and its reason file) is free."""
     candidate, number = target, 0
     while candidate.exists() or candidate.is_symlink() or reason_path(candidate).exists():
         number += 1
-        candidate = target.with_name(f"{target.stem}-{number}{target.suffix}")
+        candidate = _numbered(target, number)
     return candidate
 
 
 def reason_path(file: Path) -> Path:
-    return file.with_name(file.name + REASON_SUFFIX)
+    """<name>.reason.txt beside `file`, or a short derived name when that (or the temporary name it is
+    written under) would pass NAME_MAX."""
+    name = file.name + REASON_SUFFIX
+    if name_bytes(name) + TEMP_NAME_EXTRA_BYTES > NAME_MAX_BYTES:
+        digest = hashlib.sha256(os.fsencode(file.name)).hexdigest()[:12]
+        name = f"{shorten_name(file.name, 100)}-{digest}{REASON_SUFFIX}"
+    return file.with_name(name)
 
 
-def move_rejected(incoming: Path, rejected_dir: Path, run_id: str, rejected: list[RejectedFile]) -> None:
-    """Move each rejected file (a symlink itself, never its target) beside a reason file."""
-    for item in rejected:
-        target = _free_destination(Path(rejected_dir) / run_id / item.relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(reason_path(target), item.reason.replace("\n", " ") + "\n")
+def _remove_empty_parents(folder: Path, stop: Path) -> None:
+    """Remove `folder` and its parents up to (not including) `stop` while they are empty."""
+    while folder != stop and stop in folder.parents:
         try:
-            os.rename(Path(incoming) / item.relative, target)
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def move_rejected(incoming: Path, rejected_dir: Path, run_id: str, rejected: list[RejectedFile]) -> list[str]:
+    """Move each rejected file (a symlink itself, never its target) beside a reason file.
+
+    Returns report lines for what a reader of rejected/ must be told: reason files with a derived name,
+    and files that could not be moved (left in incoming/, the next run tries again). A full disk stops
+    the moves (StoreFullError upstream); the file being moved stays in incoming/ and no litter is left."""
+    notes = []
+    run_folder = Path(rejected_dir) / run_id
+    for item in rejected:
+        target = _free_destination(run_folder / item.relative)
+        reason_file = reason_path(target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(reason_file, item.reason.replace("\n", " ") + "\n")
+            try:
+                os.rename(Path(incoming) / item.relative, target)
+            except BaseException:
+                reason_file.unlink(missing_ok=True)
+                raise
         except FileNotFoundError:  # the user took it back meanwhile
-            reason_path(target).unlink()
+            _remove_empty_parents(target.parent, Path(rejected_dir))
+            continue
+        except OSError as error:
+            _remove_empty_parents(target.parent, Path(rejected_dir))
+            if is_out_of_space(error):
+                raise
+            notes.append(f"- `{item.name}` left in incoming/: it could not be moved ({error.strerror or error})")
+            continue
+        if reason_file.name != target.name + REASON_SUFFIX:
+            notes.append(f"- `{item.name}`: its name is too long for a reason file beside it; the reason is in "
+                         f"`{escape_name(reason_file.name)}`")
+    return notes
 
 
 def move_processed(incoming: Path, processed_dir: Path, release_id: str, accepted: list[AcceptedFile]) -> None:
     """Move ingested originals under processed/<release id>/ (call only once the release is live)."""
     for item in accepted:
         target = Path(processed_dir) / release_id / item.relative
-        target.parent.mkdir(parents=True, exist_ok=True)
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(Path(incoming) / item.relative, target)
         except FileNotFoundError:  # the user took it back meanwhile; its item is indexed all the same
             continue
@@ -253,7 +326,7 @@ def has_pending_files(incoming: Path) -> bool:
 
 
 def rejection_lines(scan: DropScan, limit: int = 50) -> list[str]:
-    lines = [f"- `{r.relative}`: {r.reason}" for r in scan.rejected[:limit]]
+    lines = [f"- `{r.name}`: {r.reason}" for r in scan.rejected[:limit]]
     if len(scan.rejected) > limit:
         lines.append(f"- ... and {len(scan.rejected) - limit} more (see rejected/)")
     return lines

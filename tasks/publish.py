@@ -23,8 +23,8 @@ def publish_release(home: DataHome, writer: ReleaseWriter, manifest: dict[str, A
     """
     try:
         if base is not None:
-            writer.link_segments_from(base)
-        if new_items is not None and len(new_items):
+            writer.extend(base, new_items, new_embeddings)
+        elif new_items is not None and len(new_items):
             writer.add_segment(new_items, new_embeddings)
         if model is not None:
             writer.save_model(model)
