@@ -68,9 +68,13 @@ class CatalogError(RuntimeError):
 
 def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
     connection = sqlite3.connect(path, timeout=timeout_s)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
-    connection.executescript(SCHEMA)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=FULL")
+        connection.executescript(SCHEMA)
+    except BaseException:
+        connection.close()  # e.g. a full disk: no open file left behind on it
+        raise
     return connection
 
 
@@ -121,6 +125,12 @@ class Catalog:
         with self._open() as db, db:
             db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
                        "SET value = MAX(value, excluded.value)", (NEXT_ITEM_ID, int(next_item_id)))
+
+    def paths_and_hashes(self, release_id: str, path_prefix: str) -> list[tuple[str, str]]:
+        """(path, content hash) of the items `release_id` catalogued whose path starts with `path_prefix`."""
+        with self._open() as db:
+            return [(path, digest) for path, digest in db.execute(
+                "SELECT path, content_hash FROM items WHERE release_id = ?", (release_id,)) if path.startswith(path_prefix)]
 
     def item_ids(self) -> np.ndarray:
         with self._open() as db:

@@ -2,13 +2,15 @@
 
 `writer_session` takes the writer lock, undoes what a killed writer left (storage.releases.recover),
 opens the live release, checks the catalogue against it (rebuilt from the release when it was lost or
-is behind, and never giving out an id the release's manifest says was given out) and turns running
-out of disk space anywhere inside into one StoreFullError line that says what to do.
+is behind, and never giving out an id the release's manifest says was given out), finishes the moves
+to processed/ of a re-index that stopped right after publishing, and turns running out of disk space
+anywhere inside into one StoreFullError line that says what to do.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,11 +19,16 @@ from typing import Any, Iterator
 import numpy as np
 
 from storage.catalog import Catalog
+from storage.files import unescape_name
 from storage.home import DataHome
+from storage.images import ImageRejected, normalise_file
 from storage.lock import writer_lock
 from storage.releases import NoReleaseError, Release, load_release, next_item_id_of, recover
 
 OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# SQLite's names for a full disk: a write that finds no room, and a WAL catalogue whose 32 KiB shared
+# memory file cannot be made when it is opened ("disk I/O error"; found by tests/test_full_disk.py)
+OUT_OF_SPACE_SQLITE_ERRORS = ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
 
 
 class StoreFullError(RuntimeError):
@@ -29,10 +36,10 @@ class StoreFullError(RuntimeError):
 
 
 def is_out_of_space(error: BaseException) -> bool:
-    """True for the ways a full disk (or quota) shows: ENOSPC/EDQUOT, or SQLite's "database or disk is full"."""
+    """True for the ways a full disk (or quota) shows: ENOSPC/EDQUOT, or SQLite's errors for it."""
     if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
         return True
-    return isinstance(error, sqlite3.OperationalError) and "disk is full" in str(error)
+    return isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorname", "") in OUT_OF_SPACE_SQLITE_ERRORS
 
 
 @dataclass
@@ -47,6 +54,31 @@ class WriterSession:
     @property
     def next_item_id(self) -> int:
         return self.catalog.next_item_id()
+
+
+def finish_processed_moves(home: DataHome, catalog: Catalog, live: Release | None) -> int:
+    """Move to processed/<live release>/ the dropped files that the live re-index release indexed but
+    that are still in incoming/: its writer stopped (killed, disk full) after the release was complete
+    and before the moves, and recovery rolled LATEST forward to it. A file is moved only while it
+    still has the content that was indexed; otherwise the scan treats it as any other drop."""
+    if live is None or live.manifest.get("kind") != "reindex":
+        return 0
+    prefix = home.relative(home.processed / live.release_id) + "/"
+    moved = 0
+    for path, digest in catalog.paths_and_hashes(live.release_id, prefix):
+        relative = unescape_name(path[len(prefix):])
+        source, target = home.incoming / relative, home.processed / live.release_id / relative
+        if target.exists() or not source.is_file() or source.is_symlink():
+            continue
+        try:
+            if normalise_file(source).content_hash != digest:
+                continue
+        except ImageRejected:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, target)
+        moved += 1
+    return moved
 
 
 def restore_catalog(catalog: Catalog, live: Release | None) -> int:
@@ -79,7 +111,9 @@ def writer_session(home: DataHome, holder: str, timeout_s: float | None = None,
                 live = None
             catalog = Catalog(home.catalog)
             restored = restore_catalog(catalog, live)
-            report = {key: value for key, value in {**recovered, "restored_catalog_rows": restored}.items() if value}
+            moved = finish_processed_moves(home, catalog, live)
+            report = {key: value for key, value in {**recovered, "restored_catalog_rows": restored,
+                                                    "moved_to_processed": moved}.items() if value}
             yield WriterSession(home, catalog, live, report)
         except Exception as error:
             if is_out_of_space(error):

@@ -29,8 +29,9 @@ Drop-folder policy (the re-index flow and its tests follow exactly this):
   ("use PNG or JPEG"); duplicates, i.e. the same normalised content (content_hash) as a catalogue
   item or as an earlier file (in sorted path order) of the same run ("duplicate of catalogue item N").
 - Accepted files are moved to processed/<release id>/<path relative to incoming/> only after their
-  release is published (LATEST moved). A run that dies before leaves them in incoming/, and the next
-  run redoes them (a file already catalogued by a published release is then a duplicate).
+  release is published (LATEST moved). A run that stops before its release is complete leaves them in
+  incoming/ and the next run redoes them; one that stops after (killed, or a full disk as LATEST
+  moves) leaves them for the next writer's session to move into processed/ (storage.session).
 - Counts are conserved: seen == indexed + rejected + waiting.
 - Empty sub-folders are left alone.
 """
