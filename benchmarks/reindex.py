@@ -23,7 +23,7 @@ from benchmarks.common import machine
 from storage.catalog import Catalog, CatalogItems
 from storage.home import DataHome
 from storage.images import content_hash
-from storage.releases import ReleaseWriter, load_release
+from storage.releases import ModelRecord, ReleaseManifest, ReleaseWriter, load_release
 from storage.runtime import load_tensorflow
 from tasks.publish import publish_release
 from tasks.train import TrainConfig, build_model
@@ -45,8 +45,7 @@ def synthetic_store(root: Path, size: int, model, seed: int) -> DataHome:
                                 "source": "fashion-mnist-train", "path": paths[i], "pixels": images[i]}
                                for i in range(size)], writer.release_id)
     config = TrainConfig()
-    manifest = {"kind": "full", "parent": None, "num_items": size,
-                "model": {**config.as_dict(), "trained_in": writer.release_id, "trained_through_item_id": size - 1}}
+    manifest = ReleaseManifest("full", None, size, ModelRecord(config.as_dict(), writer.release_id, size - 1).as_dict())
     publish_release(home, writer, manifest, {"precision@1": 0.0, "recall@5": 0.0}, new_items=items,
                     new_embeddings=embeddings, model=model)
     return home

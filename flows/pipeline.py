@@ -11,26 +11,19 @@ from prefect import flow
 
 from storage.embedder import make_embedder
 from storage.home import DataHome
-from storage.releases import ReleaseWriter, complete_release_ids
+from storage.releases import ModelRecord, ReleaseManifest, ReleaseWriter
 from storage.session import writer_session
 from tasks.download import download_task
-from tasks.evaluate import DEFAULT_GATE_TOLERANCE, evaluate_task, gate, markdown_report, report_artifact
+from tasks.evaluate import DEFAULT_GATE_TOLERANCE, headline
 from tasks.export import export_task
 from tasks.index import catalogue_dataset, index_task
 from tasks.logs import step_logger
-from tasks.publish import publish_task
+from tasks.publish import Candidate, release_candidate_task
 from tasks.reshape import reshape_task
 from tasks.sample import sample_task
 from tasks.train import TrainConfig, train_task
 
 DEFAULTS = TrainConfig()
-HEADLINE = ("precision@1", "recall@1", "recall@5", "recall@10", "map@10")
-
-
-def headline(metrics: dict) -> dict:
-    figures = {key: round(metrics[key], 4) for key in HEADLINE if key in metrics}
-    figures["baseline_precision@1"] = round(metrics["baseline_raw_pixels"]["precision@1"], 4)
-    return figures
 
 
 @flow(name="pipeline")
@@ -74,48 +67,35 @@ def pipeline(
     """
     log = step_logger()
     home = DataHome.from_env(data_home or None).ensure()
-    config = TrainConfig(architecture, embedding_size, epochs, steps_per_epoch, classes_per_batch,
-                         examples_per_class, learning_rate, augment, seed, classifier_weight)
-    with writer_session(home, "pipeline", require_live=False) as session:
-        if session.recovery:
-            log.warning("recovered from an interrupted run: %s", session.recovery)
-        live, catalog = session.live, session.catalog
+    config = TrainConfig(architecture=architecture, embedding_size=embedding_size, epochs=epochs,
+                         steps_per_epoch=steps_per_epoch, classes_per_batch=classes_per_batch,
+                         examples_per_class=examples_per_class, learning_rate=learning_rate, augment=augment,
+                         seed=seed, classifier_weight=classifier_weight)
+    with writer_session(home, "pipeline", require_live=False, log=log) as session:
         download_task(home.raw, mirror or None)
         arrays = reshape_task(home.raw, home.arrays)
         train_images, train_labels = arrays.load("train")
-        test_images, test_labels = arrays.load("test")
-        export_task(test_images, test_labels, home.gallery, gallery_size, seed)
-
+        queries = arrays.load("test")
+        export_task(*queries, home.gallery, gallery_size, seed)
         writer = ReleaseWriter(home)
-        catalogue_dataset(catalog, train_images, train_labels, writer.release_id)
-        items = catalog.load()
+        catalogue_dataset(session.catalog, train_images, train_labels, writer.release_id)
+        items = session.catalog.load()
         labelled = items.labels >= 0
         sampler = sample_task(items.images[labelled], items.labels[labelled], examples_per_class,
                               steps_per_epoch, classes_per_batch, seed)
         model, history = train_task(sampler, config)
         embed = make_embedder(model)
-        embeddings = index_task(embed, items)
-        metrics = evaluate_task(embed, test_images, test_labels, embeddings, items)
-        decision = gate(metrics, live.metrics if live else None, gate_tolerance)
-        if force_publish and not decision["publish"]:
-            decision = {**decision, "publish": True, "reason": decision["reason"] + " (published: force_publish)"}
-        report_artifact("pipeline-evaluation", markdown_report(metrics, "Pipeline release candidate", decision))
-        result = {"published": decision["publish"], "gate": decision, "metrics": headline(metrics),
-                  "train_seconds": history["train_seconds"]}
-        if not decision["publish"]:
-            writer.discard()
-            catalog.forget_unpublished(set(complete_release_ids(home)))
-            log.warning("not published: %s", decision["reason"])
-            return {**result, "release_id": live.release_id if live else None}
-        manifest = {
-            "kind": "full", "parent": live.release_id if live else None, "num_items": len(items),
-            "model": {**config.as_dict(), "trained_in": writer.release_id,
-                      "trained_through_item_id": int(items.item_ids[labelled].max())},
-            "history": history,
-        }
-        release_id = publish_task(home, writer, manifest, metrics, new_items=items, new_embeddings=embeddings,
-                                  model=model)
-        return {**result, "release_id": release_id, "path": str(home.releases / release_id)}
+        parent = session.live.release_id if session.live else None
+        model_record = ModelRecord(config.as_dict(), writer.release_id, int(items.item_ids[labelled].max()))
+        manifest = ReleaseManifest("full", parent, len(items), model_record.as_dict(), {"history": history})
+        outcome = release_candidate_task(session, writer, Candidate(model, embed, items, index_task(embed, items)),
+                                         manifest, queries, ("pipeline-evaluation", "Pipeline release candidate"),
+                                         gate_tolerance, force_publish)
+    result = {"published": outcome.release_id is not None, "gate": outcome.decision.as_dict(),
+              "metrics": headline(outcome.metrics), "train_seconds": history["train_seconds"]}
+    if outcome.release_id is None:
+        return {**result, "release_id": parent}
+    return {**result, "release_id": outcome.release_id, "path": str(home.releases / outcome.release_id)}
 
 
 if __name__ == "__main__":

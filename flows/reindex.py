@@ -16,7 +16,7 @@ from prefect import flow
 
 from storage.home import DataHome
 from storage.lock import DEFAULT_LOCK_TIMEOUT_S
-from storage.releases import ReleaseWriter, latest_release_id, new_release_id
+from storage.releases import ReleaseManifest, ReleaseWriter, latest_release_id, new_release_id
 from storage.session import writer_session
 from tasks.evaluate import report_artifact
 from tasks.index import index_task
@@ -54,9 +54,7 @@ def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         return {"published": False, "release_id": latest_release_id(home),
                 "reason": f"nothing to index: {home.incoming} is empty", **DropScan().counts(), "rejections": [],
                 "notes": []}
-    with writer_session(home, "reindex", lock_timeout_s) as session:  # NoReleaseError: run the pipeline first
-        if session.recovery:
-            log.warning("recovered from an interrupted run: %s", session.recovery)
+    with writer_session(home, "reindex", lock_timeout_s, log=log) as session:  # no release: run the pipeline
         live, catalog = session.live, session.catalog
         scan = scan_task(home.incoming, catalog, session.next_item_id, settle_seconds)
         counts = scan.counts()
@@ -68,8 +66,8 @@ def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
             embeddings = index_task(live.embed, items)
             # rows before the release, tagged with it: recover() drops them if it is never published
             catalog.add(rows, writer.release_id)
-            manifest = {"kind": "reindex", "parent": live.release_id, "num_items": len(live.items) + len(items),
-                        "model": live.manifest["model"], "added_items": len(items)}
+            manifest = ReleaseManifest("reindex", live.release_id, len(live.items) + len(items), live.manifest["model"],
+                                       {"added_items": len(items)})
             metrics = {**live.metrics,
                        "metrics_carried_from": live.metrics.get("metrics_carried_from", live.release_id)}
             release_id = publish_task(home, writer, manifest, metrics, new_items=items, new_embeddings=embeddings,

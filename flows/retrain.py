@@ -11,31 +11,20 @@ Run once without a server: `python -m flows.retrain --help`.
 
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
 from prefect import flow
 
-from flows.pipeline import headline
 from storage.embedder import make_embedder
 from storage.home import DataHome
 from storage.lock import DEFAULT_LOCK_TIMEOUT_S
-from storage.releases import ReleaseWriter
+from storage.releases import ModelRecord, ReleaseManifest, ReleaseWriter
 from storage.session import writer_session
-from tasks.evaluate import DEFAULT_GATE_TOLERANCE, evaluate_task, gate, markdown_report, report_artifact
-from tasks.export import balanced_indices
+from tasks.evaluate import DEFAULT_GATE_TOLERANCE, headline
 from tasks.index import index_task
 from tasks.logs import step_logger
-from tasks.publish import publish_task
+from tasks.publish import Candidate, release_candidate_task
 from tasks.reshape import Arrays
-from tasks.sample import sample_task
+from tasks.sample import retrain_set_task, sample_task
 from tasks.train import TrainConfig, train_task
-
-
-def warm_start_config(live_model: dict, **budget) -> TrainConfig:
-    """The live model's configuration (architecture, embedding size...) with a new training budget."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return dataclasses.replace(TrainConfig(**{k: v for k, v in live_model.items() if k in known}), **budget)
 
 
 @flow(name="retrain")
@@ -65,52 +54,32 @@ def retrain(
     """
     log = step_logger()
     home = DataHome.from_env(data_home or None).ensure()
-    with writer_session(home, "retrain", lock_timeout_s) as session:  # NoReleaseError: run the pipeline first
-        if session.recovery:
-            log.warning("recovered from an interrupted run: %s", session.recovery)
-        live, catalog = session.live, session.catalog
-        trained_through = int(live.manifest["model"]["trained_through_item_id"])
-        new = catalog.load_labelled_after(trained_through)
+    with writer_session(home, "retrain", lock_timeout_s, log=log) as session:  # no release: run the pipeline
+        live, live_model = session.live, ModelRecord.of(session.live.manifest)
+        new = session.catalog.load_labelled_after(live_model.trained_through_item_id)
         if not len(new):
             reason = (f"no new labelled items since release {live.release_id} was trained "
-                      f"(through item {trained_through}): nothing to train, nothing published")
+                      f"(through item {live_model.trained_through_item_id}): nothing to train, nothing published")
             log.info("retrain: %s", reason)
             return {"published": False, "reason": reason, "release_id": live.release_id}
-
-        items = catalog.load()
-        seen = np.flatnonzero((items.labels >= 0) & (items.item_ids <= trained_through))
-        replay = seen[balanced_indices(items.labels[seen], replay_size, seed)] if replay_size > 0 else seen[:0]
-        images = np.concatenate([new.images, items.images[replay]])
-        labels = np.concatenate([new.labels, items.labels[replay]])
-        log.info("retrain: %d new labelled items + %d replayed, warm start from %s",
-                 len(new), len(replay), live.release_id)
-        config = warm_start_config(live.manifest["model"], epochs=epochs, steps_per_epoch=steps_per_epoch,
-                                   examples_per_class=examples_per_class, learning_rate=learning_rate, seed=seed)
+        items = session.catalog.load()
+        images, labels, replayed = retrain_set_task(new, items, live_model.trained_through_item_id, replay_size, seed)
+        config = TrainConfig.warm_start(live_model.config, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                                        examples_per_class=examples_per_class, learning_rate=learning_rate, seed=seed)
         sampler = sample_task(images, labels, examples_per_class, steps_per_epoch, config.classes_per_batch, seed)
         model, history = train_task(sampler, config, initial_model=live.model)
-
         embed = make_embedder(model)
-        embeddings = index_task(embed, items)
-        test_images, test_labels = Arrays(home.arrays).load("test")
-        metrics = evaluate_task(embed, test_images, test_labels, embeddings, items)
-        decision = gate(metrics, live.metrics, gate_tolerance)
-        report_artifact("retrain-evaluation", markdown_report(metrics, "Incremental retrain candidate", decision))
-        result = {"published": decision["publish"], "gate": decision, "metrics": headline(metrics),
-                  "new_labelled_items": len(new), "replayed_items": len(replay),
-                  "train_seconds": history["train_seconds"]}
-        if not decision["publish"]:
-            log.warning("retrain not published: %s", decision["reason"])
-            return {**result, "reason": decision["reason"], "release_id": live.release_id}
         writer = ReleaseWriter(home)
-        manifest = {
-            "kind": "retrain", "parent": live.release_id, "num_items": len(items),
-            "model": {**config.as_dict(), "trained_in": writer.release_id, "warm_start_from": live.release_id,
-                      "trained_through_item_id": int(new.item_ids.max())},
-            "history": history, "new_labelled_items": len(new), "replayed_items": len(replay),
-        }
-        release_id = publish_task(home, writer, manifest, metrics, new_items=items, new_embeddings=embeddings,
-                                  model=model)
-        return {**result, "reason": decision["reason"], "release_id": release_id}
+        model_record = ModelRecord(config.as_dict(), writer.release_id, int(new.item_ids.max()), live.release_id)
+        manifest = ReleaseManifest("retrain", live.release_id, len(items), model_record.as_dict(),
+                                   {"history": history, "new_labelled_items": len(new), "replayed_items": replayed})
+        outcome = release_candidate_task(session, writer, Candidate(model, embed, items, index_task(embed, items)),
+                                         manifest, Arrays(home.arrays).load("test"),
+                                         ("retrain-evaluation", "Incremental retrain candidate"), gate_tolerance)
+    return {"published": outcome.release_id is not None, "gate": outcome.decision.as_dict(),
+            "metrics": headline(outcome.metrics), "new_labelled_items": len(new), "replayed_items": replayed,
+            "train_seconds": history["train_seconds"], "reason": outcome.decision.reason,
+            "release_id": outcome.release_id or live.release_id}
 
 
 if __name__ == "__main__":

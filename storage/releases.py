@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,49 @@ LATEST_MAX_BYTES = 4096  # a release id and a newline; anything longer is not a 
 # graph-less ones are searched as one block, see SegmentedIndex). 50 re-index runs of 10 images then
 # leave 3 segments, and one query costs 1.11x what it cost right after the pipeline (benchmarks/segments.py)
 MAX_MINOR_SEGMENTS = 8
+
+
+# the retrieval figures of metrics.json (tasks/evaluate.py writes them, the page and reports show them)
+RETRIEVAL_METRICS = ("precision@1", "precision@5", "precision@10", "recall@1", "recall@5", "recall@10", "map@10")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """How a release's network was trained: the training configuration's fields, the release it was
+    trained in, and the last catalogue item it could have seen (labelled items above it are new to
+    it: what an incremental retrain trains on)."""
+
+    config: dict[str, Any]  # tasks.train.TrainConfig.as_dict()
+    trained_in: str
+    trained_through_item_id: int
+    warm_start_from: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        record = {**self.config, "trained_in": self.trained_in,
+                  "trained_through_item_id": int(self.trained_through_item_id)}
+        return record if self.warm_start_from is None else {**record, "warm_start_from": self.warm_start_from}
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any]) -> "ModelRecord":
+        record = dict(manifest["model"])
+        return cls(trained_in=record.pop("trained_in"), trained_through_item_id=int(record.pop("trained_through_item_id")),
+                   warm_start_from=record.pop("warm_start_from", None), config=record)
+
+
+@dataclass(frozen=True)
+class ReleaseManifest:
+    """What a flow says about the release it publishes; ReleaseWriter.publish adds the id, segments,
+    files, next_item_id and publish time. Kinds: full (pipeline), retrain, reindex."""
+
+    kind: str
+    parent: str | None
+    num_items: int
+    model: dict[str, Any]  # ModelRecord.as_dict(), or the parent's for a re-index (same network)
+    details: dict[str, Any] = field(default_factory=dict)  # what the kind adds: training history, counts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.details, "kind": self.kind, "parent": self.parent, "num_items": int(self.num_items),
+                "model": self.model}
 
 
 class ReleaseError(RuntimeError):
@@ -342,15 +385,15 @@ class ReleaseWriter:
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         (self.path / name).write_text(json.dumps(payload, indent=2, sort_keys=True))
 
-    def publish(self, manifest: dict[str, Any]) -> str:
+    def publish(self, manifest: ReleaseManifest) -> str:
         """fsync everything, write the manifest, rename into releases/, then move LATEST."""
         files = {}
         for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
             fsync_file(file)
             files[file.relative_to(self.path).as_posix()] = file.stat().st_size
-        if manifest.get("parent"):  # ids the parent gave out stay given out, whatever this release holds
-            self.next_item_id = max(self.next_item_id, next_item_id_of(read_manifest(self.home, manifest["parent"])))
-        full = {**manifest, "release_id": self.release_id, "segments": self.segments, "files": files,
+        if manifest.parent:  # ids the parent gave out stay given out, whatever this release holds
+            self.next_item_id = max(self.next_item_id, next_item_id_of(read_manifest(self.home, manifest.parent)))
+        full = {**manifest.as_dict(), "release_id": self.release_id, "segments": self.segments, "files": files,
                 "next_item_id": self.next_item_id,
                 "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (self.path / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
@@ -380,7 +423,26 @@ def set_latest(home: DataHome, release_id: str) -> None:
     atomic_write_text(home.latest, release_id + "\n")
 
 
-def recover(home: DataHome) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Recovery:
+    """What a writer's start undid or rebuilt (storage.releases.recover, storage.session); false when
+    nothing was needed."""
+
+    removed_tmp: tuple[str, ...] = ()  # half-written releases, downloads and reason files, by name
+    rolled_forward: str | None = None  # a complete release whose LATEST move was lost, now live
+    forgotten_catalog_rows: int = 0  # rows of releases that never got published
+    restored_catalog_rows: int = 0  # rows of the live release the catalogue had lost
+    moved_to_processed: int = 0  # dropped files a live re-index indexed but never moved
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name.name) for name in fields(self))
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name.name}={getattr(self, name.name)}" for name in fields(self)
+                         if getattr(self, name.name))
+
+
+def recover(home: DataHome) -> Recovery:
     """Undo what a killed writer left. Call with the writer lock held, before writing anything.
 
     - tmp/ leftovers (half-written releases, partial downloads of a dead run) are deleted, and so are
@@ -406,4 +468,4 @@ def recover(home: DataHome) -> dict[str, Any]:
             set_latest(home, complete[-1])
             rolled_forward = complete[-1]
     forgotten = Catalog(home.catalog).forget_unpublished(set(complete)) if home.catalog.exists() else 0
-    return {"removed_tmp": removed, "rolled_forward": rolled_forward, "forgotten_catalog_rows": forgotten}
+    return Recovery(tuple(removed), rolled_forward, forgotten)

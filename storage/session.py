@@ -10,11 +10,12 @@ anywhere inside into one StoreFullError line that says what to do.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from storage.files import unescape_name
 from storage.home import DataHome
 from storage.images import ImageRejected, normalise_file
 from storage.lock import writer_lock
-from storage.releases import NoReleaseError, Release, load_release, next_item_id_of, recover
+from storage.releases import NoReleaseError, Recovery, Release, load_release, next_item_id_of, recover
 
 OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # SQLite's names for a full disk: a write that finds no room, and a WAL catalogue whose 32 KiB shared
@@ -49,7 +50,7 @@ class WriterSession:
     home: DataHome
     catalog: Catalog
     live: Release | None  # None only where the flow allows it (a first pipeline run)
-    recovery: dict[str, Any] = field(default_factory=dict)  # what was undone or rebuilt; empty when nothing
+    recovery: Recovery = field(default_factory=Recovery)  # what was undone or rebuilt; false when nothing
 
     @property
     def next_item_id(self) -> int:
@@ -96,10 +97,11 @@ def restore_catalog(catalog: Catalog, live: Release | None) -> int:
 
 
 @contextmanager
-def writer_session(home: DataHome, holder: str, timeout_s: float | None = None,
-                   require_live: bool = True) -> Iterator[WriterSession]:
-    """The writer lock, recovery, the live release (NoReleaseError if `require_live` and none) and a
-    catalogue that covers it; a full disk inside becomes StoreFullError."""
+def writer_session(home: DataHome, holder: str, timeout_s: float | None = None, require_live: bool = True,
+                   log: logging.Logger | logging.LoggerAdapter | None = None) -> Iterator[WriterSession]:
+    """The writer lock, recovery (told to `log` as a warning when anything was needed), the live release
+    (NoReleaseError if `require_live` and none) and a catalogue that covers it; a full disk inside
+    becomes StoreFullError."""
     with writer_lock(home, timeout_s=timeout_s, holder=holder):
         try:
             recovered = recover(home)
@@ -112,9 +114,10 @@ def writer_session(home: DataHome, holder: str, timeout_s: float | None = None,
             catalog = Catalog(home.catalog)
             restored = restore_catalog(catalog, live)
             moved = finish_processed_moves(home, catalog, live)
-            report = {key: value for key, value in {**recovered, "restored_catalog_rows": restored,
-                                                    "moved_to_processed": moved}.items() if value}
-            yield WriterSession(home, catalog, live, report)
+            recovery = replace(recovered, restored_catalog_rows=restored, moved_to_processed=moved)
+            if recovery and log is not None:
+                log.warning("recovered from an interrupted run: %s", recovery)
+            yield WriterSession(home, catalog, live, recovery)
         except Exception as error:
             if is_out_of_space(error):
                 raise StoreFullError(

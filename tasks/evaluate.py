@@ -11,20 +11,36 @@ Definitions (every query is a test image; "relevant" = an indexed item of the qu
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 import numpy as np
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 from storage.labels import CLASS_NAMES, NUM_CLASSES
 from storage.catalog import CatalogItems
+from storage.releases import RETRIEVAL_METRICS
 from storage.search_index import exact_knn
 from tasks.logs import step_logger
 
 K_VALUES = (1, 5, 10)
 DEFAULT_GATE_TOLERANCE = 0.005
+GATED_METRICS = ("precision@1", "recall@5")  # a candidate may not fall below the live release on these
+HEADLINE_METRICS = ("precision@1", "recall@1", "recall@5", "recall@10", "map@10")  # a run's result
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a candidate release is published, and why (shown in the run's report and result)."""
+
+    publish: bool
+    reason: str
+    tolerance: float
+    candidate: dict[str, float] = field(default_factory=dict)  # the gated figures, when compared
+    live: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def retrieval_metrics(query_emb: np.ndarray, query_labels: np.ndarray, index_emb: np.ndarray,
@@ -68,33 +84,40 @@ def evaluate_release(embed: Callable[[np.ndarray], np.ndarray], query_images, qu
     metrics = retrieval_metrics(query_emb, query_labels, index_emb, items.labels)
     baseline = retrieval_metrics(pixel_vectors(query_images), query_labels, pixel_vectors(items.images),
                                  items.labels)
-    metrics["baseline_raw_pixels"] = {k: baseline[k] for k in baseline
-                                      if k.startswith(("precision@", "recall@", "map@"))}
+    metrics["baseline_raw_pixels"] = {k: baseline[k] for k in RETRIEVAL_METRICS if k in baseline}
     metrics["gain_over_baseline_precision@1"] = metrics["precision@1"] - baseline["precision@1"]
     log.info("evaluate: precision@1 %.4f (raw pixels %.4f), recall@5 %.4f, MAP@10 %.4f",
              metrics["precision@1"], baseline["precision@1"], metrics["recall@5"], metrics["map@10"])
     return metrics
 
 
-def gate(candidate: dict, live: dict | None, tolerance: float = DEFAULT_GATE_TOLERANCE) -> dict:
-    """Publish only if the candidate's precision@1 and recall@5 are not worse than live by > tolerance."""
+def gate(candidate: dict, live: dict | None, tolerance: float = DEFAULT_GATE_TOLERANCE,
+         force: bool = False) -> GateDecision:
+    """Publish only if the candidate's gated figures are not worse than live by more than `tolerance`
+    (or when `force` says so, which the reason then records)."""
     if not live:
-        return {"publish": True, "reason": "no live release to compare against", "tolerance": tolerance}
-    drops = {key: live[key] - candidate[key] for key in ("precision@1", "recall@5") if key in live}
+        return GateDecision(True, "no live release to compare against", tolerance)
+    drops = {key: live[key] - candidate[key] for key in GATED_METRICS if key in live}
     worst = max(drops.values(), default=0.0)
     ok = worst <= tolerance
-    return {
-        "publish": ok, "tolerance": tolerance,
-        "candidate": {k: candidate[k] for k in drops}, "live": {k: live[k] for k in drops},
-        "reason": ("candidate does not regress" if ok else
-                   f"candidate regresses by {worst:.4f} (> tolerance {tolerance}) against the live release"),
-    }
+    reason = ("candidate does not regress" if ok else
+              f"candidate regresses by {worst:.4f} (> tolerance {tolerance}) against the live release")
+    if force and not ok:
+        reason += " (published: force_publish)"
+    return GateDecision(ok or force, reason, tolerance, {k: candidate[k] for k in drops}, {k: live[k] for k in drops})
 
 
-def markdown_report(metrics: dict, title: str, gate_decision: dict | None = None) -> str:
+def headline(metrics: dict) -> dict:
+    """The figures a run prints: HEADLINE_METRICS and the raw-pixel baseline's precision@1, rounded."""
+    figures = {key: round(metrics[key], 4) for key in HEADLINE_METRICS if key in metrics}
+    figures["baseline_precision@1"] = round(metrics["baseline_raw_pixels"]["precision@1"], 4)
+    return figures
+
+
+def markdown_report(metrics: dict, title: str, gate_decision: GateDecision | None = None) -> str:
     base = metrics.get("baseline_raw_pixels", {})
     lines = [f"# {title}", "", "| metric | model | raw-pixel kNN |", "|---|---|---|"]
-    for key in ("precision@1", "precision@5", "precision@10", "recall@1", "recall@5", "recall@10", "map@10"):
+    for key in RETRIEVAL_METRICS:
         if key in metrics:
             lines.append(f"| {key} | {metrics[key]:.4f} | {base.get(key, float('nan')):.4f} |")
     lines += ["", f"Queries: {metrics['queries']}, indexed items: {metrics['indexed_items']}, "
@@ -102,13 +125,8 @@ def markdown_report(metrics: dict, title: str, gate_decision: dict | None = None
               "| class | precision@1 |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in metrics["per_class_precision@1"].items()]
     if gate_decision:
-        lines += ["", f"**Gate:** {'publish' if gate_decision['publish'] else 'refuse'} - {gate_decision['reason']}"]
+        lines += ["", f"**Gate:** {'publish' if gate_decision.publish else 'refuse'} - {gate_decision.reason}"]
     return "\n".join(lines)
-
-
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(embed, query_images, query_labels, index_emb, items: CatalogItems) -> dict:
-    return evaluate_release(embed, query_images, query_labels, index_emb, items)
 
 
 def report_artifact(key: str, markdown: str, description: str = "retrieval evaluation") -> None:

@@ -14,21 +14,11 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.images import encode_png
-from storage.labels import CLASS_SLUGS, NUM_CLASSES
+from storage.labels import CLASS_SLUGS
 from tasks.logs import step_logger
+from tasks.sample import balanced_indices
 
 GALLERY_INDEX = "index.json"
-
-
-def balanced_indices(labels: np.ndarray, total: int, seed: int) -> np.ndarray:
-    """`total` indices (fewer only if the data has fewer), as equal a share per class as the data
-    allows: a seeded shuffle of each class, then dealt round-robin across classes."""
-    rng = np.random.default_rng(seed)
-    rank = np.empty(len(labels), dtype=np.int64)
-    for label in range(NUM_CLASSES):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        rank[members] = np.arange(len(members))
-    return np.sort(np.lexsort((labels, rank))[:total])
 
 
 def export_gallery(test_images: np.ndarray, test_labels: np.ndarray, gallery_dir: Path,

@@ -17,8 +17,33 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from storage.catalog import CatalogItems
 from storage.labels import NUM_CLASSES
 from storage.runtime import load_tensorflow_similarity
+from tasks.logs import step_logger
+
+
+def balanced_indices(labels: np.ndarray, total: int, seed: int) -> np.ndarray:
+    """`total` indices (fewer only if the data has fewer), as equal a share per class as the data
+    allows: a seeded shuffle of each class, then dealt round-robin across classes."""
+    rng = np.random.default_rng(seed)
+    rank = np.empty(len(labels), dtype=np.int64)
+    for label in range(NUM_CLASSES):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        rank[members] = np.arange(len(members))
+    return np.sort(np.lexsort((labels, rank))[:total])
+
+
+def retrain_set(new: CatalogItems, items: CatalogItems, trained_through: int, replay_size: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Images and labels an incremental retrain trains on: the `new` labelled items plus a
+    class-balanced replay sample of `replay_size` labelled items the live model was trained on (so it
+    does not forget them). Returns (images, labels, items replayed)."""
+    seen = np.flatnonzero((items.labels >= 0) & (items.item_ids <= trained_through))
+    replay = seen[balanced_indices(items.labels[seen], replay_size, seed)] if replay_size > 0 else seen[:0]
+    step_logger().info("sample: %d new labelled items + %d replayed", len(new), len(replay))
+    return (np.concatenate([new.images, items.images[replay]]), np.concatenate([new.labels, items.labels[replay]]),
+            len(replay))
 
 
 def make_sampler(images: np.ndarray, labels: np.ndarray, examples_per_class: int, steps_per_epoch: int,
@@ -58,3 +83,9 @@ def make_sampler(images: np.ndarray, labels: np.ndarray, examples_per_class: int
 def sample_task(images, labels, examples_per_class: int, steps_per_epoch: int,
                 classes_per_batch: int = NUM_CLASSES, seed: int = 0):
     return make_sampler(images, labels, examples_per_class, steps_per_epoch, classes_per_batch, seed)
+
+
+@task(name="retrain-set", cache_policy=NO_CACHE)
+def retrain_set_task(new: CatalogItems, items: CatalogItems, trained_through: int, replay_size: int,
+                     seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+    return retrain_set(new, items, trained_through, replay_size, seed)

@@ -8,7 +8,7 @@ the default; "compact", the previous default, stays so that releases trained wit
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Callable
 
 from prefect import task
@@ -36,6 +36,13 @@ class TrainConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def warm_start(cls, trained: dict[str, Any], **budget) -> "TrainConfig":
+        """A trained model's configuration (architecture, embedding size...: its release's
+        ModelRecord.config) with a new training budget."""
+        known = {f.name for f in fields(cls)}
+        return replace(cls(**{k: v for k, v in trained.items() if k in known}), **budget)
 
 
 def _article(tf, tfsim, embedding_size: int):

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from storage.catalog import CatalogItems
-from storage.releases import ReleaseWriter, load_release
+from storage.releases import ReleaseManifest, ReleaseWriter, load_release
 from tasks.publish import publish_release
 from tests.conftest import REPO
 
@@ -27,8 +27,7 @@ def publish_next(home, base, step: int) -> str:
     next_id = int(base.items.item_ids.max()) + 1
     items = CatalogItems(np.arange(next_id, next_id + 3), base.items.labels[rows], base.items.images[rows],
                          base.items.paths[rows], base.items.sources[rows])
-    manifest = {"kind": "reindex", "parent": base.release_id, "num_items": len(base.items) + 3,
-                "model": base.manifest["model"]}
+    manifest = ReleaseManifest("reindex", base.release_id, len(base.items) + 3, base.manifest["model"])
     return publish_release(home, ReleaseWriter(home), manifest, base.metrics, items, base.embeddings[rows], base=base)
 
 

@@ -119,17 +119,17 @@ LIVE = {"precision@1": 0.90, "recall@5": 0.97}
 ])
 def test_gate_publishes_unless_the_candidate_regresses(candidate, publish):
     decision = gate(candidate, LIVE, tolerance=0.005)
-    assert decision["publish"] is publish
-    assert decision["live"] == LIVE and decision["candidate"] == candidate
+    assert decision.publish is publish
+    assert decision.live == LIVE and decision.candidate == candidate
     if not publish:
-        assert "regresses" in decision["reason"] and "0.005" in decision["reason"]
+        assert "regresses" in decision.reason and "0.005" in decision.reason
 
 
 def test_gate_tolerance_is_a_parameter_and_first_release_always_publishes():
     candidate = {"precision@1": 0.85, "recall@5": 0.97}
-    assert not gate(candidate, LIVE, tolerance=0.01)["publish"]
-    assert gate(candidate, LIVE, tolerance=0.06)["publish"]
-    assert gate(candidate, None)["publish"] and gate(candidate, {})["publish"]
+    assert not gate(candidate, LIVE, tolerance=0.01).publish
+    assert gate(candidate, LIVE, tolerance=0.06).publish
+    assert gate(candidate, None).publish and gate(candidate, {}).publish
 
 
 def test_markdown_report_shows_model_baseline_classes_and_gate(known):

@@ -12,7 +12,7 @@ import pytest
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.catalog import Catalog, CatalogItems
 from storage.home import DataHome
-from storage.releases import (MANIFEST, METRICS_FILE, MODEL_FILE, NoReleaseError, ReleaseWriter,
+from storage.releases import (MANIFEST, METRICS_FILE, MODEL_FILE, NoReleaseError, ReleaseManifest, ReleaseWriter,
                               complete_release_ids, latest_release_id, load_release, recover, set_latest)
 
 DIM = 8
@@ -39,7 +39,7 @@ def publish(home: DataHome, count: int, first_id: int = 0, base=None, parent=Non
     items, embeddings = make_items(count, first_id, seed)
     writer.add_segment(items, embeddings)
     writer.write_json(METRICS_FILE, {"precision@1": 0.5, "no_match_distance": 0.25})
-    return writer.publish({"kind": "test", "parent": parent})
+    return writer.publish(ReleaseManifest("test", parent, len(writer.segments), {}))
 
 
 def leftovers(folder) -> list[str]:
@@ -214,14 +214,14 @@ def test_recover_cleans_up_after_a_killed_writer(home):
     for name, data in users.items():
         (run / name).write_bytes(data)
     report = recover(home)
-    assert sorted(report["removed_tmp"]) == sorted([
+    assert sorted(report.removed_tmp) == sorted([
         dead.release_id, ".train-images.gz.part",
         "rejected/20261129T000000000000Z-reindex/.shirt.png.reason.txt.k3x9q2.part"])
-    assert report["forgotten_catalog_rows"] == 3 and report["rolled_forward"] is None
+    assert report.forgotten_catalog_rows == 3 and report.rolled_forward is None
     assert list(home.tmp.iterdir()) == []
     assert {p.name: p.read_bytes() for p in run.iterdir()} == users
     assert Catalog(home.catalog).count() == 10 and latest_release_id(home) == live
-    assert recover(home) == {"removed_tmp": [], "rolled_forward": None, "forgotten_catalog_rows": 0}
+    assert not recover(home)
 
 
 def test_recover_rolls_latest_forward_to_a_complete_child_of_the_live_release(home):
@@ -229,7 +229,7 @@ def test_recover_rolls_latest_forward_to_a_complete_child_of_the_live_release(ho
     live = publish(home, 10)
     child = publish(home, 5, first_id=10, base=load_release(home, live), parent=live)
     set_latest(home, live)  # the LATEST move that was lost
-    assert recover(home)["rolled_forward"] == child
+    assert recover(home).rolled_forward == child
     assert latest_release_id(home) == child
 
 
@@ -238,5 +238,5 @@ def test_recover_does_not_roll_forward_to_a_release_built_on_another(home):
     live = publish(home, 10, parent=None)
     publish(home, 5, first_id=10, parent=old)  # complete, newest, but not a child of the live release
     set_latest(home, live)
-    assert recover(home)["rolled_forward"] is None
+    assert recover(home).rolled_forward is None
     assert latest_release_id(home) == live

@@ -16,8 +16,8 @@ import pytest
 from flows.reindex import reindex
 from storage.catalog import Catalog, CatalogError
 from storage.lock import StoreBusyError, writer_lock
-from storage.releases import (MAX_MINOR_SEGMENTS, NoReleaseError, ReleaseError, ReleaseWriter, latest_release_id,
-                              load_release)
+from storage.releases import (MAX_MINOR_SEGMENTS, NoReleaseError, ReleaseError, ReleaseManifest, ReleaseWriter,
+                              latest_release_id, load_release)
 from storage.session import restore_catalog, writer_session
 from tests import corpus
 from tests.test_storage import make_items, publish
@@ -65,7 +65,7 @@ def test_ids_given_out_by_any_release_are_never_given_again(home):
     items, embeddings = make_items(3)
     writer.add_segment(items, embeddings)
     writer.write_json("metrics.json", {})
-    child = writer.publish({"kind": "test", "parent": parent})
+    child = writer.publish(ReleaseManifest("test", parent, len(writer.segments), {}))
     assert load_release(home, child).manifest["next_item_id"] == 10
 
     catalog = Catalog(home.catalog)  # lost: rebuilt from the child, which only holds ids 0..2
@@ -82,7 +82,7 @@ def test_segments_stay_few_and_search_stays_exact(home):
         items, embeddings = make_items(3, first_id=40 + 3 * run, seed=run + 1)
         writer.extend(base, items, embeddings)
         writer.write_json("metrics.json", {})
-        writer.publish({"kind": "test", "parent": base.release_id})
+        writer.publish(ReleaseManifest("test", base.release_id, 0, {}))
         assert len(writer.segments) <= MAX_MINOR_SEGMENTS + 1
     release = load_release(home)
     assert release.items.item_ids.tolist() == list(range(40 + 9 * MAX_MINOR_SEGMENTS))
