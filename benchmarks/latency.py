@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from benchmarks.common import machine, median_ms
+from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.images import encode_png, normalise_image
 from storage.releases import load_release
@@ -51,10 +52,10 @@ def main(argv=None) -> dict:
     home = DataHome.from_env(args.data_home or None)
     started = time.perf_counter()
     release = load_release(home)
-    release.embed(np.zeros((1, 28, 28), np.uint8))
+    release.embed(np.zeros((1, *FASHION_MNIST.pixel_shape), np.uint8))
     load_s = time.perf_counter() - started
     test_x, test_y = Arrays(home.arrays).load("test")
-    queries = test_x.reshape(-1, 28, 28)[: args.batch]
+    queries = test_x.reshape(-1, *FASHION_MNIST.pixel_shape)[: args.batch]
     pngs = [encode_png(q) for q in queries[:1000]]
     counter = iter(range(10**9))
     single_pixels = median_ms(lambda: release.search(queries[next(counter) % len(queries)][None], 10), args.repeats)

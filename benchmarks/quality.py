@@ -15,6 +15,7 @@ import time
 
 from benchmarks.common import load_split, machine, mirror_dir
 from storage.catalog import CatalogItems
+from storage.dataset import FASHION_MNIST
 from storage.embedder import make_embedder
 from tasks.evaluate import evaluate_release
 from tasks.sample import make_sampler
@@ -36,7 +37,7 @@ def article_reference(train_x, train_y, epochs: int, steps: int, seed: int):
 
 
 def measure(model, train_x, train_y, test_x, test_y) -> dict:
-    items = CatalogItems(item_ids=train_y * 0, labels=train_y.astype("int16"), images=train_x.reshape(-1, 28, 28),
+    items = CatalogItems(item_ids=train_y * 0, labels=train_y.astype("int16"), images=train_x.reshape(-1, *FASHION_MNIST.pixel_shape),
                          paths=train_y.astype(str), sources=train_y.astype(str))
     started = time.perf_counter()
     embed = make_embedder(model)

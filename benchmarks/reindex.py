@@ -20,9 +20,9 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import machine
-from storage.catalog import Catalog, CatalogItems
+from storage.catalog import DATASET_SOURCE, Catalog, CatalogItems
+from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
-from storage.images import content_hash
 from storage.releases import ModelRecord, ReleaseManifest, ReleaseWriter, load_release
 from storage.runtime import load_tensorflow
 from tasks.publish import publish_release
@@ -33,17 +33,15 @@ def synthetic_store(root: Path, size: int, model, seed: int) -> DataHome:
     """A data home whose live release indexes `size` random items (catalogued like the training set)."""
     rng = np.random.default_rng(seed)
     home = DataHome(root).ensure()
-    images = rng.integers(0, 256, size=(size, 28, 28), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(size, *FASHION_MNIST.pixel_shape), dtype=np.uint8)
     labels = rng.integers(0, 10, size=size).astype(np.int16)
     embeddings = rng.normal(size=(size, 64)).astype(np.float32)
     embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
     paths = np.array([f"synthetic/{i}" for i in range(size)])
     items = CatalogItems(np.arange(size, dtype=np.int64), labels, images, paths,
-                         np.full(size, "fashion-mnist-train"))
+                         np.full(size, DATASET_SOURCE))
     writer = ReleaseWriter(home)
-    Catalog(home.catalog).add([{"item_id": i, "content_hash": content_hash(images[i]), "label": int(labels[i]),
-                                "source": "fashion-mnist-train", "path": paths[i], "pixels": images[i]}
-                               for i in range(size)], writer.release_id)
+    Catalog(home.catalog).add(items, writer.release_id)
     config = TrainConfig()
     manifest = ReleaseManifest("full", None, size, ModelRecord(config.as_dict(), writer.release_id, size - 1).as_dict())
     publish_release(home, writer, manifest, {"precision@1": 0.0, "recall@5": 0.0}, new_items=items,

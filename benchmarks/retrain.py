@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import load_split, machine, mirror_dir
+from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.images import encode_png
 from storage.labels import CLASS_SLUGS
@@ -45,7 +46,7 @@ def run_flow(module: str, *args: str) -> tuple[dict, float]:
 def drop_new_labelled(home: DataHome, images: np.ndarray, labels: np.ndarray, count: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for index in rng.choice(len(images), size=count, replace=False):
-        shifted = np.roll(images[index].reshape(28, 28)[:, ::-1], 1, axis=1)
+        shifted = np.roll(images[index].reshape(FASHION_MNIST.pixel_shape)[:, ::-1], 1, axis=1)
         folder = home.incoming / CLASS_SLUGS[int(labels[index])]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"photo-{index:05d}.png").write_bytes(encode_png(shifted))

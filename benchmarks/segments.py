@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import machine, median_ms
+from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.images import encode_png
 from storage.labels import CLASS_SLUGS
@@ -100,7 +101,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     source = DataHome.from_env(args.data_home)
     test_images, test_labels = Arrays(source.arrays).load("test")
-    test_images = test_images.reshape(-1, 28, 28)
+    test_images = test_images.reshape(-1, *FASHION_MNIST.pixel_shape)
     queries = test_images[: args.repeats]
     dropped = args.runs * args.images_per_run
     if dropped > len(test_images):

@@ -2,6 +2,8 @@
 
 Trains from scratch on every labelled catalogue item (the training set plus labelled drops), re-embeds
 the whole catalogue and publishes if the evaluation does not regress against the live release.
+The steps run inside one writer session (storage/session.py: lock, recovery, catalogue check) and end
+in the evaluate-gate-publish tail every training flow shares (tasks/publish.py release_candidate).
 Run once without a server: `python -m flows.pipeline --help`.
 """
 
@@ -11,15 +13,15 @@ from prefect import flow
 
 from storage.embedder import make_embedder
 from storage.home import DataHome
-from storage.releases import ModelRecord, ReleaseManifest, ReleaseWriter
+from storage.releases import ReleaseWriter
 from storage.session import writer_session
 from tasks.download import download_task
+from tasks.embed import embed_task
 from tasks.evaluate import DEFAULT_GATE_TOLERANCE, headline
 from tasks.export import export_task
-from tasks.index import catalogue_dataset, index_task
 from tasks.logs import step_logger
 from tasks.publish import Candidate, release_candidate_task
-from tasks.reshape import reshape_task
+from tasks.reshape import catalogue_dataset, reshape_task
 from tasks.sample import sample_task
 from tasks.train import TrainConfig, train_task
 
@@ -85,17 +87,16 @@ def pipeline(
                               steps_per_epoch, classes_per_batch, seed)
         model, history = train_task(sampler, config)
         embed = make_embedder(model)
-        parent = session.live.release_id if session.live else None
-        model_record = ModelRecord(config.as_dict(), writer.release_id, int(items.item_ids[labelled].max()))
-        manifest = ReleaseManifest("full", parent, len(items), model_record.as_dict(), {"history": history})
-        outcome = release_candidate_task(session, writer, Candidate(model, embed, items, index_task(embed, items)),
-                                         manifest, queries, ("pipeline-evaluation", "Pipeline release candidate"),
-                                         gate_tolerance, force_publish)
+        candidate = Candidate("full", model, embed, items, embed_task(embed, items), config.as_dict(),
+                              int(items.item_ids[labelled].max()), history)
+        outcome = release_candidate_task(session, writer, candidate, queries,
+                                         ("pipeline-evaluation", "Pipeline release candidate"), gate_tolerance,
+                                         force_publish)
     result = {"published": outcome.release_id is not None, "gate": outcome.decision.as_dict(),
               "metrics": headline(outcome.metrics), "train_seconds": history["train_seconds"]}
     if outcome.release_id is None:
-        return {**result, "release_id": parent}
-    return {**result, "release_id": outcome.release_id, "path": str(home.releases / outcome.release_id)}
+        return {**result, "release_id": session.live.release_id if session.live else None}
+    return {**result, "release_id": outcome.release_id, "path": str(home.release_dir(outcome.release_id))}
 
 
 if __name__ == "__main__":

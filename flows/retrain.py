@@ -5,7 +5,8 @@ that a re-index added) plus a class-balanced replay sample of the items it was t
 warm-started copy of the live model with a small budget and a lower learning rate; the whole
 catalogue is re-embedded, the test queries evaluated, and the release published only if it does not
 regress against the live release by more than `gate_tolerance`. No new labelled items: nothing
-happens. The full pipeline (flows/pipeline.py) stays the periodic retrain from scratch.
+happens. The full pipeline (flows/pipeline.py) stays the periodic retrain from scratch. Like it, this
+runs inside one writer session (storage/session.py) and ends in tasks/publish.py's release_candidate.
 Run once without a server: `python -m flows.retrain --help`.
 """
 
@@ -16,10 +17,10 @@ from prefect import flow
 from storage.embedder import make_embedder
 from storage.home import DataHome
 from storage.lock import DEFAULT_LOCK_TIMEOUT_S
-from storage.releases import ModelRecord, ReleaseManifest, ReleaseWriter
+from storage.releases import ReleaseWriter
 from storage.session import writer_session
+from tasks.embed import embed_task
 from tasks.evaluate import DEFAULT_GATE_TOLERANCE, headline
-from tasks.index import index_task
 from tasks.logs import step_logger
 from tasks.publish import Candidate, release_candidate_task
 from tasks.reshape import Arrays
@@ -55,7 +56,7 @@ def retrain(
     log = step_logger()
     home = DataHome.from_env(data_home or None).ensure()
     with writer_session(home, "retrain", lock_timeout_s, log=log) as session:  # no release: run the pipeline
-        live, live_model = session.live, ModelRecord.of(session.live.manifest)
+        live, live_model = session.live, session.live.model_record
         new = session.catalog.load_labelled_after(live_model.trained_through_item_id)
         if not len(new):
             reason = (f"no new labelled items since release {live.release_id} was trained "
@@ -69,12 +70,10 @@ def retrain(
         sampler = sample_task(images, labels, examples_per_class, steps_per_epoch, config.classes_per_batch, seed)
         model, history = train_task(sampler, config, initial_model=live.model)
         embed = make_embedder(model)
-        writer = ReleaseWriter(home)
-        model_record = ModelRecord(config.as_dict(), writer.release_id, int(new.item_ids.max()), live.release_id)
-        manifest = ReleaseManifest("retrain", live.release_id, len(items), model_record.as_dict(),
-                                   {"history": history, "new_labelled_items": len(new), "replayed_items": replayed})
-        outcome = release_candidate_task(session, writer, Candidate(model, embed, items, index_task(embed, items)),
-                                         manifest, Arrays(home.arrays).load("test"),
+        candidate = Candidate("retrain", model, embed, items, embed_task(embed, items), config.as_dict(),
+                              int(new.item_ids.max()), history, live.release_id,
+                              {"new_labelled_items": len(new), "replayed_items": replayed})
+        outcome = release_candidate_task(session, ReleaseWriter(home), candidate, Arrays(home.arrays).load("test"),
                                          ("retrain-evaluation", "Incremental retrain candidate"), gate_tolerance)
     return {"published": outcome.release_id is not None, "gate": outcome.decision.as_dict(),
             "metrics": headline(outcome.metrics), "new_labelled_items": len(new), "replayed_items": replayed,

@@ -29,9 +29,9 @@ CREATE TABLE IF NOT EXISTS items (
     item_id      INTEGER PRIMARY KEY,
     content_hash TEXT    NOT NULL,
     label        INTEGER NOT NULL,          -- -1 = unlabelled
-    source       TEXT    NOT NULL,          -- fashion-mnist-train | drop
+    source       TEXT    NOT NULL,          -- DATASET_SOURCE | DROP_SOURCE
     path         TEXT    NOT NULL,          -- image file (relative to the data home) or dataset reference
-    pixels       BLOB    NOT NULL,          -- 28*28 uint8, normalised
+    pixels       BLOB    NOT NULL,          -- side*side uint8, normalised (storage.dataset)
     release_id   TEXT    NOT NULL,          -- the release that first indexed it
     added_at     TEXT    NOT NULL
 );
@@ -40,6 +40,8 @@ CREATE INDEX IF NOT EXISTS items_release ON items(release_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 NEXT_ITEM_ID = "next_item_id"
+DATASET_SOURCE = "fashion-mnist-train"  # catalogue source of the built-in dataset's training images
+DROP_SOURCE = "drop"  # catalogue source of items added through the drop folder
 DEFAULT_BUSY_TIMEOUT_S = 60.0
 
 
@@ -49,12 +51,17 @@ class CatalogItems:
 
     item_ids: np.ndarray  # int64 (n,)
     labels: np.ndarray  # int16 (n,)
-    images: np.ndarray  # uint8 (n, 28, 28)
+    images: np.ndarray  # uint8 (n, side, side)
     paths: np.ndarray  # str (n,)
     sources: np.ndarray  # str (n,)
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    def subset(self, rows: np.ndarray) -> "CatalogItems":
+        """The items at `rows` (indices or a boolean mask)."""
+        return CatalogItems(self.item_ids[rows], self.labels[rows], self.images[rows], self.paths[rows],
+                            self.sources[rows])
 
     @classmethod
     def concatenate(cls, parts: list["CatalogItems"]) -> "CatalogItems":
@@ -150,28 +157,25 @@ class Catalog:
                     found.setdefault(digest, item_id)
         return found
 
-    def add(self, rows: list[dict], release_id: str) -> None:
-        """Insert rows (item_id, content_hash, label, source, path, pixels) in one transaction."""
+    def add(self, items: CatalogItems, release_id: str) -> None:
+        """Insert `items` in one transaction, tagged with the release that indexes them; each row's
+        content hash is the one normalised pixels get everywhere (storage.images.content_hash)."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._open() as db, db:
             db.executemany(
                 "INSERT INTO items (item_id, content_hash, label, source, path, pixels, release_id, added_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (int(r["item_id"]), r["content_hash"], int(r["label"]), r["source"], r["path"],
-                     np.ascontiguousarray(r["pixels"], dtype=np.uint8).tobytes(), release_id, now)
-                    for r in rows
-                ],
+                [(int(item_id), content_hash(pixels), int(label), str(source), str(path),
+                  np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), release_id, now)
+                 for item_id, label, pixels, path, source in zip(items.item_ids, items.labels, items.images,
+                                                                 items.paths, items.sources)],
             )
 
-    def restore(self, items: CatalogItems, release_id: str) -> None:
-        """Catalogue a release's items again (after the catalogue was lost), tagged with that release."""
-        self.add([{"item_id": item_id, "content_hash": content_hash(pixels), "label": label, "source": source,
-                   "path": path, "pixels": pixels}
-                  for item_id, label, pixels, path, source in zip(items.item_ids, items.labels, items.images,
-                                                                  items.paths, items.sources)], release_id)
+    def load(self) -> CatalogItems:
+        """Every catalogued item, by id."""
+        return self._select("", ())
 
-    def load(self, where: str = "", params: tuple = ()) -> CatalogItems:
+    def _select(self, where: str, params: tuple) -> CatalogItems:
         with self._open() as db:
             rows = db.execute(
                 f"SELECT item_id, label, pixels, path, source FROM items {where} ORDER BY item_id", params
@@ -188,7 +192,7 @@ class Catalog:
 
     def load_labelled_after(self, item_id: int) -> CatalogItems:
         """Labelled items with ids above `item_id`: what a model trained up to that id has not seen."""
-        return self.load("WHERE label >= 0 AND item_id > ?", (int(item_id),))
+        return self._select("WHERE label >= 0 AND item_id > ?", (int(item_id),))
 
     def forget_unpublished(self, published_release_ids: set[str]) -> int:
         """Delete rows written for releases that never got published (a crashed run). Returns count."""

@@ -13,6 +13,7 @@ from pathlib import Path
 DEFAULT_HOME = "data"
 HOME_ENV = "FASHION_SIM_HOME"
 REASON_SUFFIX = ".reason.txt"  # rejected/<run>/<file> has its reason in <file>.reason.txt beside it
+GALLERY_INDEX = "index.json"  # gallery/index.json lists the exported images: [{path, label, test_index}, ...]
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class DataHome:
     @property
     def releases(self) -> Path:
         return self.root / "releases"
+
+    def release_dir(self, release_id: str) -> Path:
+        """Where a published release lives (storage.releases.read_manifest checks it stays inside)."""
+        return self.releases / release_id
 
     @property
     def tmp(self) -> Path:

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
+from storage.dataset import FASHION_MNIST
 from storage.files import read_regular_file
 
-IMAGE_SIDE = 28
+IMAGE_SIDE = FASHION_MNIST.side
 MULTI_PICTURE_JPEG = "MPO"  # what phones and cameras save: a JPEG whose first picture is the photo
 ACCEPTED_FORMATS = ("PNG", "JPEG", MULTI_PICTURE_JPEG)
 MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -33,7 +34,7 @@ class ImageRejected(ValueError):
 
 @dataclass(frozen=True)
 class NormalisedImage:
-    pixels: np.ndarray  # (28, 28) uint8, light object on black
+    pixels: np.ndarray  # (IMAGE_SIDE, IMAGE_SIDE) uint8, light object on black
     content_hash: str  # sha256 of the normalised pixels: equal hashes mean the model sees the same item
     source_format: str
     source_size: tuple[int, int]

@@ -1,14 +1,13 @@
-"""Fashion-MNIST class names, and the folder names the drop folder accepts for them."""
+"""Class names (from the dataset description), and the folder names the drop folder accepts for them."""
 
 from __future__ import annotations
 
 import re
 
-CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-NUM_CLASSES = len(CLASS_NAMES)
+from storage.dataset import FASHION_MNIST
+
+CLASS_NAMES = FASHION_MNIST.class_names
+NUM_CLASSES = FASHION_MNIST.num_classes
 UNLABELLED = -1
 
 

@@ -17,7 +17,9 @@ the live release has MAX_MINOR_SEGMENTS segments besides its largest, the re-ind
 the new items into one, so segments stay few between retrains (a retrain or pipeline run writes one).
 Segments of ANN_MIN_ITEMS or more hold an HNSW graph (storage/search_index.py).
 Every manifest records `next_item_id`, the first item id no release has given out, so ids are never
-reused even when the catalogue has to be rebuilt from the releases.
+reused even when the catalogue has to be rebuilt from the releases. Flows describe a release with
+ReleaseManifest and ModelRecord (the one spelling of its keys); segments are written and loaded by
+the index module (storage/search_index.py), which this module only tells which segments to use.
 Nothing in a release is unpickled: arrays load with allow_pickle=False, the model from its config.
 """
 
@@ -41,13 +43,12 @@ from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
 from storage.files import NotRegularFileError, read_regular_file
 from storage.home import REASON_SUFFIX, DataHome
 from storage.labels import label_name
-from storage.search_index import (ANN_MIN_ITEMS, HNSW_FILE, Segment, SegmentedIndex, build_hnsw,
-                                  load_hnsw)
+from storage.search_index import (SEGMENT_ARRAYS, SegmentedIndex, load_segments, read_segment, segment_size,
+                                  write_segment)
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
-SEGMENT_ARRAYS = ("embeddings", "item_ids", "labels", "images", "paths", "sources")
 RELEASE_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z$")
 LATEST_MAX_BYTES = 4096  # a release id and a newline; anything longer is not a pointer of this store
 # a re-index merges the segments besides the largest once there are this many: each graph among them
@@ -219,6 +220,16 @@ class Release:
         return self.metrics.get("no_match_distance")
 
     @property
+    def model_record(self) -> ModelRecord:
+        """How this release's network was trained."""
+        return ModelRecord.of(self.manifest)
+
+    def is_no_match(self, neighbours: list["Neighbour"]) -> bool:
+        """True when even the nearest item is farther than this release's calibrated no-match distance."""
+        limit = self.no_match_distance
+        return bool(limit is not None and neighbours and neighbours[0].distance > limit)
+
+    @property
     def model(self):
         if self._model is None:
             self._load_model()
@@ -232,7 +243,7 @@ class Release:
         self._model = tf.keras.models.load_model(self.path / MODEL_FILE, compile=False, safe_mode=True)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        """Embed uint8 images (n, 28, 28) or (n, 28, 28, 1) with this release's model."""
+        """Embed uint8 images (n, side, side) or (n, side, side, 1) with this release's model."""
         if self._embed_fn is None:
             compiled = self.path / EMBEDDER_FILE
             # releases published before the compiled embedder existed compile their model on load
@@ -275,26 +286,6 @@ class SearchResults(Sequence):
                     self.item_ids[query], self.labels[query], self.distances[query], self.paths[query]))]
 
 
-def _load_segment(folder: Path) -> dict[str, np.ndarray]:
-    return {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in SEGMENT_ARRAYS}
-
-
-def _segment_items(segment: dict[str, np.ndarray]) -> CatalogItems:
-    return CatalogItems(item_ids=segment["item_ids"], labels=segment["labels"], images=segment["images"],
-                        paths=segment["paths"], sources=segment["sources"])
-
-
-def _segment_index(path: Path, names: list[str], arrays: list[dict[str, np.ndarray]]) -> SegmentedIndex:
-    segments, offset = [], 0
-    for name, segment in zip(names, arrays):
-        embeddings = np.ascontiguousarray(segment["embeddings"], np.float32)
-        graph_file = path / "segments" / name / HNSW_FILE
-        graph = load_hnsw(graph_file, embeddings.shape[1], len(embeddings)) if graph_file.exists() else None
-        segments.append(Segment(offset, embeddings, graph))
-        offset += len(embeddings)
-    return SegmentedIndex(segments)
-
-
 def load_release(home: DataHome, release_id: str | None = None) -> Release:
     """Open a complete release of this store (LATEST when no id is given)."""
     release_id = release_id or latest_release_id(home)
@@ -302,15 +293,11 @@ def load_release(home: DataHome, release_id: str | None = None) -> Release:
         state = "(LATEST is missing)" if complete_release_ids(home) else "yet"
         raise NoReleaseError(f"No release is published in {home.root} {state}: {restore_latest_hint(home)}")
     manifest = read_manifest(home, release_id)
-    path = home.releases / release_id
-    segments = [_load_segment(path / "segments" / name) for name in manifest["segments"]]
-    joined = {name: np.concatenate([s[name] for s in segments]) for name in SEGMENT_ARRAYS}
-    index = _segment_index(path, manifest["segments"], segments)
-    items = _segment_items(joined)
+    path = home.release_dir(release_id)
+    items, embeddings, index = load_segments([path / "segments" / name for name in manifest["segments"]])
     metrics_path = path / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return Release(release_id, path, manifest, np.ascontiguousarray(joined["embeddings"], np.float32), items,
-                   metrics, index)
+    return Release(release_id, path, manifest, embeddings, items, metrics, index)
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -329,15 +316,7 @@ class ReleaseWriter:
 
     def add_segment(self, items: CatalogItems, embeddings: np.ndarray) -> str:
         name = f"{self.release_id}-{len(self.segments)}"
-        folder = self.path / "segments" / name
-        folder.mkdir()
-        arrays = {"embeddings": np.asarray(embeddings, np.float32), "item_ids": items.item_ids,
-                  "labels": items.labels, "images": items.images, "paths": items.paths.astype(str),
-                  "sources": items.sources.astype(str)}
-        for key, value in arrays.items():
-            np.save(folder / f"{key}.npy", value, allow_pickle=False)
-        if len(items) >= ANN_MIN_ITEMS:
-            build_hnsw(arrays["embeddings"], folder / HNSW_FILE)
+        write_segment(self.path / "segments" / name, items, embeddings)
         self.segments.append(name)
         if len(items):
             self.next_item_id = max(self.next_item_id, int(items.item_ids.max()) + 1)
@@ -357,8 +336,7 @@ class ReleaseWriter:
     def extend(self, base: Release, items: CatalogItems | None, embeddings: np.ndarray | None) -> None:
         """`base`'s segments plus the new items: linked as they are and one new segment, or, once `base`
         has MAX_MINOR_SEGMENTS segments besides its largest, those merged with the new items into one."""
-        sizes = {name: len(np.load(base.path / "segments" / name / "item_ids.npy", mmap_mode="r"))
-                 for name in base.manifest["segments"]}
+        sizes = {name: segment_size(base.path / "segments" / name) for name in base.manifest["segments"]}
         largest = max(sizes, key=sizes.get)
         minor = [name for name in base.manifest["segments"] if name != largest]
         new = [] if items is None or not len(items) else [(items, np.asarray(embeddings, np.float32))]
@@ -368,8 +346,7 @@ class ReleaseWriter:
                 self.add_segment(new_items, new_embeddings)
             return
         self.link_segments_from(base, [name for name in base.manifest["segments"] if name not in minor])
-        merged = [(_segment_items(m), m["embeddings"]) for m in
-                  (_load_segment(base.path / "segments" / name) for name in minor)] + new
+        merged = [read_segment(base.path / "segments" / name) for name in minor] + new
         self.add_segment(CatalogItems.concatenate([part for part, _ in merged]),
                          np.concatenate([vectors for _, vectors in merged]))
 
@@ -400,7 +377,7 @@ class ReleaseWriter:
         fsync_file(self.path / MANIFEST)
         for folder in [*(p for p in self.path.rglob("*") if p.is_dir()), self.path]:
             fsync_dir(folder)
-        final = self.home.releases / self.release_id
+        final = self.home.release_dir(self.release_id)
         os.rename(self.path, final)
         fsync_dir(self.home.releases)
         set_latest(self.home, self.release_id)

@@ -1,4 +1,9 @@
-"""Nearest-neighbour search over a release's segments.
+"""The index: writing a release's segments, loading them, and nearest-neighbour search over them.
+
+A segment is a folder of arrays (SEGMENT_ARRAYS: the items and their embeddings) and, for segments of
+ANN_MIN_ITEMS or more, an HNSW graph; `write_segment` adds one, `load_segments` opens a release's
+segments as one CatalogItems, one embedding matrix and a SegmentedIndex whose `nearest` searches them.
+storage/releases.py decides which segments a release holds and delegates the rest here.
 
 Large segments (a full pipeline or retrain embeds the whole catalogue into one) carry an HNSW graph
 (hnswlib, saved beside the segment's arrays as hnsw.bin: a plain binary format, nothing unpickled)
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.catalog import CatalogItems
 from storage.runtime import usable_cpus
 
 # segments of at least this many items get a graph: beside a 60,000-item graph, one query searched
@@ -22,6 +28,7 @@ from storage.runtime import usable_cpus
 # (real embeddings; the sum of the small segments counts, they are searched as one block)
 ANN_MIN_ITEMS = 1_000
 HNSW_FILE = "hnsw.bin"
+SEGMENT_ARRAYS = ("embeddings", "item_ids", "labels", "images", "paths", "sources")  # <name>.npy each
 # ef_search 32: 10,000 queries in 0.31 s with recall@10 0.989 vs exact on the real data (ef 48: 0.43 s, 0.995)
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 32
 # queries per score matrix in exact search, chunks shared between the cores: 10,000 x 60,000 in 3.6 s
@@ -142,3 +149,43 @@ class SegmentedIndex:
                                                                               np.concatenate(found_r))
         order = np.argsort(distances, kind="stable")[:k]
         return distances[order][None].astype(np.float32), rows[order][None]
+
+
+def write_segment(folder: Path, items: CatalogItems, embeddings: np.ndarray) -> None:
+    """A new segment in `folder` (created): its arrays (never pickled) and, when it is large, its graph."""
+    folder.mkdir()
+    arrays = {"embeddings": np.asarray(embeddings, np.float32), "item_ids": items.item_ids, "labels": items.labels,
+              "images": items.images, "paths": items.paths.astype(str), "sources": items.sources.astype(str)}
+    for key, value in arrays.items():
+        np.save(folder / f"{key}.npy", value, allow_pickle=False)
+    if len(items) >= ANN_MIN_ITEMS:
+        build_hnsw(arrays["embeddings"], folder / HNSW_FILE)
+
+
+def has_graph(folder: Path) -> bool:
+    return (folder / HNSW_FILE).exists()
+
+
+def segment_size(folder: Path) -> int:
+    return len(np.load(folder / "item_ids.npy", mmap_mode="r"))
+
+
+def read_segment(folder: Path) -> tuple[CatalogItems, np.ndarray]:
+    """A segment's items and embeddings (float32)."""
+    arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in SEGMENT_ARRAYS}
+    items = CatalogItems(item_ids=arrays["item_ids"], labels=arrays["labels"], images=arrays["images"],
+                         paths=arrays["paths"], sources=arrays["sources"])
+    return items, np.ascontiguousarray(arrays["embeddings"], np.float32)
+
+
+def load_segments(folders: list[Path]) -> tuple[CatalogItems, np.ndarray, SegmentedIndex]:
+    """The segments in `folders`, in order, as one catalogue of items, one embedding matrix, and the
+    index that searches them (rows of both are the index's rows)."""
+    parts = [read_segment(folder) for folder in folders]
+    segments, offset = [], 0
+    for folder, (_, embeddings) in zip(folders, parts):
+        graph = load_hnsw(folder / HNSW_FILE, embeddings.shape[1], len(embeddings)) if has_graph(folder) else None
+        segments.append(Segment(offset, embeddings, graph))
+        offset += len(embeddings)
+    items = CatalogItems.concatenate([part for part, _ in parts])
+    return items, np.ascontiguousarray(np.concatenate([e for _, e in parts]), np.float32), SegmentedIndex(segments)

@@ -89,9 +89,7 @@ def restore_catalog(catalog: Catalog, live: Release | None) -> int:
         return 0
     missing = ~np.isin(live.items.item_ids, catalog.item_ids())
     if missing.any():
-        items = live.items
-        catalog.restore(type(items)(items.item_ids[missing], items.labels[missing], items.images[missing],
-                                    items.paths[missing], items.sources[missing]), live.release_id)
+        catalog.add(live.items.subset(missing), live.release_id)
     catalog.keep_ids_from(next_item_id_of(live.manifest, live.items))
     return int(missing.sum())
 

@@ -13,12 +13,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.home import GALLERY_INDEX
 from storage.images import encode_png
 from storage.labels import CLASS_SLUGS
 from tasks.logs import step_logger
 from tasks.sample import balanced_indices
 
-GALLERY_INDEX = "index.json"
 
 
 def export_gallery(test_images: np.ndarray, test_labels: np.ndarray, gallery_dir: Path,

@@ -49,7 +49,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.atomic import TEMP_NAME_EXTRA_BYTES, atomic_write_text
-from storage.catalog import Catalog, CatalogItems
+from storage.catalog import DROP_SOURCE, Catalog, CatalogItems
 from storage.files import (NAME_MAX_BYTES, escape_name, file_kind, name_bytes, read_regular_file,
                            shorten_name)
 from storage.home import REASON_SUFFIX
@@ -60,7 +60,6 @@ from tasks.logs import step_logger
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial")
-DROP_SOURCE = "drop"
 DEFAULT_SETTLE_SECONDS = 2.0
 SYMLINK_REASON = "symbolic links are not followed"
 
@@ -99,21 +98,15 @@ class DropScan:
         return {"seen": indexed + rejected + waiting, "indexed": indexed, "rejected": rejected,
                 "waiting": waiting, "labelled": labelled, "unlabelled": indexed - labelled}
 
-    def catalogue_rows(self, processed: str) -> list[dict]:
-        """Catalog.add rows for the accepted files, with the paths they get under `processed`
+    def catalogue_items(self, processed: str) -> CatalogItems:
+        """The accepted files as catalogue items, with the paths they get under `processed`
         (processed/<release id>, relative to the data home)."""
-        return [{"item_id": a.item_id, "content_hash": a.content_hash, "label": a.label, "source": DROP_SOURCE,
-                 "path": f"{processed}/{escape_name(a.relative)}", "pixels": a.pixels} for a in self.accepted]
-
-
-def rows_to_items(rows: list[dict]) -> CatalogItems:
-    return CatalogItems(
-        item_ids=np.array([r["item_id"] for r in rows], dtype=np.int64),
-        labels=np.array([r["label"] for r in rows], dtype=np.int16),
-        images=np.array([r["pixels"] for r in rows], dtype=np.uint8).reshape(-1, 28, 28),
-        paths=np.array([r["path"] for r in rows], dtype=str),
-        sources=np.array([r["source"] for r in rows], dtype=str),
-    )
+        accepted = self.accepted
+        return CatalogItems(item_ids=np.array([a.item_id for a in accepted], dtype=np.int64),
+                            labels=np.array([a.label for a in accepted], dtype=np.int16),
+                            images=np.stack([a.pixels for a in accepted]).astype(np.uint8),
+                            paths=np.array([f"{processed}/{escape_name(a.relative)}" for a in accepted], dtype=str),
+                            sources=np.full(len(accepted), DROP_SOURCE))
 
 
 def class_folder_reason(folder: str) -> str:
@@ -331,6 +324,19 @@ def rejection_lines(scan: DropScan, limit: int = 50) -> list[str]:
     if len(scan.rejected) > limit:
         lines.append(f"- ... and {len(scan.rejected) - limit} more (see rejected/)")
     return lines
+
+
+def reindex_report(scan: DropScan, release_id: str | None, reason: str, move_notes: list[str]) -> str:
+    """The markdown a re-index run records as its artifact: counts, rejections and their reasons, notes."""
+    lines = ["# Drop-folder re-index", "", reason, "", "| files | count |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in scan.counts().items()]
+    if scan.rejected:
+        lines += ["", "## Rejected", "", *rejection_lines(scan)]
+    if move_notes:
+        lines += ["", "## Notes on rejected/", "", *move_notes]
+    if release_id:
+        lines += ["", f"Release: `{release_id}`"]
+    return "\n".join(lines)
 
 
 @task(name="scan-drop-folder", cache_policy=NO_CACHE)

@@ -1,9 +1,14 @@
-"""publish: write a release (model, segments, metrics, manifest) and move LATEST to it, atomically;
-and the one tail of every training flow: evaluate a candidate, gate it, report, publish or discard."""
+"""publish: write a release (model, segments, metrics, manifest) and move LATEST to it, atomically.
+
+The two ways a flow ends: `release_candidate` (pipeline, retrain) evaluates a newly trained
+candidate, gates it, reports, and publishes or discards it; `publish_drops` (re-index) adds the drop
+folder's accepted files to a release built on the live one, with its evaluation carried over. Both
+build the release's manifest here, so no flow spells its keys.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -12,9 +17,11 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.catalog import CatalogItems
 from storage.home import DataHome
-from storage.releases import METRICS_FILE, Release, ReleaseManifest, ReleaseWriter, complete_release_ids
+from storage.releases import METRICS_FILE, ModelRecord, Release, ReleaseManifest, ReleaseWriter, complete_release_ids
 from storage.session import WriterSession
+from tasks.embed import embed_items
 from tasks.evaluate import GateDecision, evaluate_release, gate, markdown_report, report_artifact
+from tasks.ingest import DropScan, move_processed
 from tasks.logs import step_logger
 
 
@@ -39,25 +46,29 @@ def publish_release(home: DataHome, writer: ReleaseWriter, manifest: ReleaseMani
     except BaseException:
         writer.discard()
         raise
-    step_logger().info("publish: release %s is live (%s)", release_id, home.releases / release_id)
+    step_logger().info("publish: release %s is live (%s)", release_id, home.release_dir(release_id))
     return release_id
-
-
-@task(name="publish", cache_policy=NO_CACHE)
-def publish_task(home: DataHome, writer: ReleaseWriter, manifest: ReleaseManifest, metrics: dict[str, Any],
-                 new_items: CatalogItems | None = None, new_embeddings=None, model=None,
-                 base: Release | None = None) -> str:
-    return publish_release(home, writer, manifest, metrics, new_items, new_embeddings, model, base)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A newly trained network and the whole catalogue embedded with it, offered to the gate."""
+    """A newly trained network, the whole catalogue embedded with it, and how it was trained."""
 
+    kind: str  # "full" (pipeline) or "retrain"
     model: Any  # the Keras model, saved into the release
     embed: Callable[[np.ndarray], np.ndarray]  # its compiled Embedder, which embedded `items`
     items: CatalogItems
     embeddings: np.ndarray
+    config: dict[str, Any]  # tasks.train.TrainConfig.as_dict()
+    trained_through_item_id: int
+    history: dict[str, Any]
+    warm_start_from: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # counts the run adds to the manifest
+
+    def manifest(self, release_id: str, parent: str | None) -> ReleaseManifest:
+        model = ModelRecord(self.config, release_id, self.trained_through_item_id, self.warm_start_from)
+        return ReleaseManifest(self.kind, parent, len(self.items), model.as_dict(), {"history": self.history,
+                                                                                       **self.details})
 
 
 @dataclass(frozen=True)
@@ -67,19 +78,21 @@ class Outcome:
     decision: GateDecision
 
 
-def release_candidate(session: WriterSession, writer: ReleaseWriter, candidate: Candidate, manifest: ReleaseManifest,
+def release_candidate(session: WriterSession, writer: ReleaseWriter, candidate: Candidate,
                       queries: tuple[np.ndarray, np.ndarray], report: tuple[str, str], tolerance: float,
                       force: bool = False) -> Outcome:
     """Evaluate `candidate` on the test `queries`, gate it against the live release, record the report
     (artifact key, title), then publish it, or discard it and forget its catalogue rows."""
     metrics = evaluate_release(candidate.embed, *queries, candidate.embeddings, candidate.items)
-    decision = gate(metrics, session.live.metrics if session.live else None, tolerance, force)
+    live = session.live
+    decision = gate(metrics, live.metrics if live else None, tolerance, force)
     report_artifact(report[0], markdown_report(metrics, report[1], decision))
     if not decision.publish:
         writer.discard()
         session.catalog.forget_unpublished(set(complete_release_ids(session.home)))
         step_logger().warning("not published: %s", decision.reason)
         return Outcome(None, metrics, decision)
+    manifest = candidate.manifest(writer.release_id, live.release_id if live else None)
     release_id = publish_release(session.home, writer, manifest, metrics, candidate.items, candidate.embeddings,
                                  model=candidate.model)
     return Outcome(release_id, metrics, decision)
@@ -87,6 +100,29 @@ def release_candidate(session: WriterSession, writer: ReleaseWriter, candidate: 
 
 @task(name="evaluate-and-publish", cache_policy=NO_CACHE)
 def release_candidate_task(session: WriterSession, writer: ReleaseWriter, candidate: Candidate,
-                           manifest: ReleaseManifest, queries: tuple[np.ndarray, np.ndarray], report: tuple[str, str],
-                           tolerance: float, force: bool = False) -> Outcome:
-    return release_candidate(session, writer, candidate, manifest, queries, report, tolerance, force)
+                           queries: tuple[np.ndarray, np.ndarray], report: tuple[str, str], tolerance: float,
+                           force: bool = False) -> Outcome:
+    return release_candidate(session, writer, candidate, queries, report, tolerance, force)
+
+
+def publish_drops(session: WriterSession, scan: DropScan) -> str:
+    """Catalogue the scan's accepted files, embed them with the live model, publish them as a release
+    built on the live one (its segments and model hard-linked, its evaluation carried over:
+    `metrics_carried_from`), then move the files to processed/<release>/. Returns the release id."""
+    home, live = session.home, session.live
+    writer = ReleaseWriter(home)
+    items = scan.catalogue_items(home.relative(home.processed / writer.release_id))
+    embeddings = embed_items(live.embed, items)
+    session.catalog.add(items, writer.release_id)  # before the release: recover() drops them if it never comes
+    manifest = ReleaseManifest("reindex", live.release_id, len(live.items) + len(items), live.manifest["model"],
+                               {"added_items": len(items)})
+    metrics = {**live.metrics, "metrics_carried_from": live.metrics.get("metrics_carried_from", live.release_id)}
+    release_id = publish_release(home, writer, manifest, metrics, new_items=items, new_embeddings=embeddings,
+                                 base=live)
+    move_processed(home.incoming, home.processed, release_id, scan.accepted)
+    return release_id
+
+
+@task(name="publish-drops", cache_policy=NO_CACHE)
+def publish_drops_task(session: WriterSession, scan: DropScan) -> str:
+    return publish_drops(session, scan)

@@ -1,4 +1,5 @@
-"""reshape: idx .gz files -> numpy arrays (N, 28, 28, 1) uint8 + uint8 labels, validated.
+"""reshape: idx .gz files -> numpy arrays (N, side, side, 1) uint8 + uint8 labels, validated; and the
+training set registered in the catalogue (item ids 0..N-1) once.
 
 The arrays are rebuilt only when the .gz files they came from change (their md5s are recorded in
 arrays/source.json), so a second run costs a few milliseconds.
@@ -18,6 +19,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.catalog import DATASET_SOURCE, Catalog, CatalogItems
+from storage.dataset import FASHION_MNIST
 from storage.labels import NUM_CLASSES
 from tasks.download import md5_of
 from tasks.logs import step_logger
@@ -62,7 +65,7 @@ def _idx_bytes(path: Path, header_bytes: int) -> bytes:
 def read_idx_images(path: Path) -> np.ndarray:
     data = _idx_bytes(path, 16)
     magic, count, rows, cols = struct.unpack(">IIII", data[:16])
-    if magic != IMAGES_MAGIC or (rows, cols) != (28, 28):
+    if magic != IMAGES_MAGIC or (rows, cols) != FASHION_MNIST.pixel_shape:
         raise DatasetFormatError(f"{path.name}: magic {magic}, shape {rows}x{cols}; expected 2051 and 28x28")
     if len(data) != 16 + count * rows * cols:
         raise DatasetFormatError(f"{path.name}: {len(data) - 16} pixel bytes for {count} images")
@@ -110,3 +113,16 @@ def reshape_dataset(raw_dir: Path, arrays_dir: Path) -> Arrays:
 @task(name="reshape", cache_policy=NO_CACHE)
 def reshape_task(raw_dir: Path, arrays_dir: Path) -> Arrays:
     return reshape_dataset(raw_dir, arrays_dir)
+
+
+def catalogue_dataset(catalog: Catalog, images: np.ndarray, labels: np.ndarray, release_id: str) -> int:
+    """Add the training set to the catalogue once (item ids from the next free one; 0..N-1 in a new
+    store). Returns how many rows were added."""
+    if catalog.count_source(DATASET_SOURCE):
+        return 0
+    start, count = catalog.next_item_id(), len(images)
+    catalog.add(CatalogItems(item_ids=np.arange(start, start + count, dtype=np.int64),
+                             labels=np.asarray(labels, dtype=np.int16), images=images.reshape(count, *images.shape[1:3]),
+                             paths=np.array([f"fashion-mnist/train/{i}" for i in range(count)]),
+                             sources=np.full(count, DATASET_SOURCE)), release_id)
+    return count

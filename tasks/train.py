@@ -14,6 +14,7 @@ from typing import Any, Callable
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from storage.dataset import FASHION_MNIST
 from storage.labels import NUM_CLASSES
 from storage.runtime import load_tensorflow, load_tensorflow_similarity
 from tasks.logs import step_logger
@@ -46,7 +47,7 @@ class TrainConfig:
 
 
 def _article(tf, tfsim, embedding_size: int):
-    inputs = tf.keras.layers.Input(shape=(28, 28, 1))
+    inputs = tf.keras.layers.Input(shape=FASHION_MNIST.input_shape)
     x = tf.keras.layers.Rescaling(1 / 255)(inputs)
     x = tf.keras.layers.Conv2D(64, 3, activation="relu")(x)
     x = tf.keras.layers.Flatten()(x)
@@ -58,7 +59,7 @@ def _article(tf, tfsim, embedding_size: int):
 def _conv_blocks(tf, tfsim, embedding_size: int, widths: tuple[int, ...]):
     """One conv-BN-ReLU-pool block per width, then a dense layer and the metric embedding."""
     layers = tf.keras.layers
-    inputs = layers.Input(shape=(28, 28, 1))
+    inputs = layers.Input(shape=FASHION_MNIST.input_shape)
     x = layers.Rescaling(1 / 255)(inputs)
     for filters in widths:
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
@@ -128,7 +129,7 @@ def train_model(sampler, config: TrainConfig, initial_model=None):
     classifier_weight = float(config.classifier_weight)
     trainable = model.trainable_variables + ([class_weights] if classifier_weight else [])
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32),
+    @tf.function(input_signature=[tf.TensorSpec([None, *FASHION_MNIST.input_shape], tf.float32),
                                   tf.TensorSpec([None], tf.int32), tf.TensorSpec([2], tf.int64)])
     def train_step(images, labels, seed):
         if augment:

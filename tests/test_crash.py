@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,28 @@ from tests import corpus
 from tests.conftest import REPO, TINY_TRAINING
 
 RUN_TIMEOUT_S = 600  # a hung run fails the test instead of blocking CI
+# Every random kill time in this module is drawn from this seed, and the drawn values are in the test's
+# id and in its assertion messages: a failure names what was drawn, and the same seed draws it again.
+# (Where the marker line lands relative to the run's own threads is still up to the scheduler.)
+CRASH_SEED = 20261129
+
+
+@dataclass(frozen=True)
+class KillDelays:
+    """How long after a marker line the runs of test_pipeline_and_reindex_killed_at_any_moment are killed."""
+
+    seed: int
+    after_embedding_s: float  # pipeline, after "embed: N items": between embedding the catalogue and publishing
+    after_scan_s: float  # re-index, after "ingest: {": between scanning the drop folder and publishing
+
+    @classmethod
+    def draw(cls, seed: int) -> "KillDelays":
+        rng = random.Random(seed)
+        # rounded to the millisecond so that the id shows exactly the delays that are used
+        return cls(seed, round(rng.uniform(0.0, 1.5), 3), round(rng.uniform(0.0, 2.0), 3))
+
+    def __str__(self) -> str:
+        return f"seed={self.seed}-embed+{self.after_embedding_s:.3f}s-ingest+{self.after_scan_s:.3f}s"
 
 
 def flow_env() -> dict[str, str]:
@@ -60,7 +83,8 @@ def run_flow(module: str, args: list[str], kill_at: str | None = None, delay_s: 
     output = "".join(lines)
     if kill_at:
         assert killed, f"{module} never logged {kill_at!r}:\n{output[-3000:]}"
-        assert status in (-signal.SIGKILL, 0), output[-3000:]
+        assert status in (-signal.SIGKILL, 0), (f"{module} to be killed {delay_s:.3f} s after {kill_at!r} "
+                                                 f"exited {status}:\n{output[-3000:]}")
     return status, output
 
 
@@ -94,7 +118,8 @@ def catalogue_matches(home: DataHome) -> None:
     assert sorted(release.items.item_ids.tolist()) == Catalog(home.catalog).load().item_ids.tolist()
 
 
-def test_pipeline_and_reindex_killed_at_any_moment(home, tiny_mirror, tmp_path):
+@pytest.mark.parametrize("delays", [KillDelays.draw(CRASH_SEED)], ids=str)
+def test_pipeline_and_reindex_killed_at_any_moment(home, tiny_mirror, tmp_path, delays):
     args = pipeline_args(home, tiny_mirror)
 
     # 1. killed while training the first release: nothing published, leftovers in tmp/
@@ -111,26 +136,26 @@ def test_pipeline_and_reindex_killed_at_any_moment(home, tiny_mirror, tmp_path):
     catalogue_matches(home)
 
     # 3. killed at a random moment between embedding the catalogue and publishing
-    delay = random.uniform(0.0, 1.5)
-    run_flow("flows.pipeline", args, kill_at=r"index: embedded", delay_s=delay)
+    status, _ = run_flow("flows.pipeline", args, kill_at=r"embed: \d+ items into", delay_s=delays.after_embedding_s)
+    when = f"{delays}: pipeline killed {delays.after_embedding_s:.3f} s after 'embed: N items' (exit {status})"
     live = assert_consistent(home)
-    assert live >= first, delay
+    assert live >= first, when
 
     # 4. a re-index killed at a random moment after scanning the drop folder: no dropped file is lost
     layout = corpus.build_drop_corpus(home.incoming, tmp_path / "outside")
     reindex_args = ["--data-home", str(home.root), "--settle-seconds", "600"]
-    delay = random.uniform(0.0, 2.0)
-    run_flow("flows.reindex", reindex_args, kill_at=r"ingest: \{", delay_s=delay)
-    assert assert_consistent(home) >= live, delay
-    assert count_drop_files(home) == len(layout), delay
+    status, _ = run_flow("flows.reindex", reindex_args, kill_at=r"ingest: \{", delay_s=delays.after_scan_s)
+    when = f"{delays}: re-index killed {delays.after_scan_s:.3f} s after 'ingest: {{' (exit {status})"
+    assert assert_consistent(home) >= live, when
+    assert count_drop_files(home) == len(layout), when
 
     # 5. the next run cleans up what both dead runs left and completes
     status, output = run_flow("flows.reindex", reindex_args)
-    assert status == 0, output[-3000:]
-    assert assert_consistent(home) > live
-    assert not any(home.tmp.iterdir())
-    assert count_drop_files(home) == len(layout)
-    assert leftover_temp_files(home.rejected) == []
+    assert status == 0, f"{delays}\n{output[-3000:]}"
+    assert assert_consistent(home) > live, delays
+    assert not any(home.tmp.iterdir()), delays
+    assert count_drop_files(home) == len(layout), delays
+    assert leftover_temp_files(home.rejected) == [], delays
     assert home.incoming.joinpath("bag", "just-dropped.png").exists()  # still settling: left waiting
     catalogue_matches(home)
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from storage.labels import CLASS_SLUGS, NUM_CLASSES
 from tasks import reshape
-from tasks.export import GALLERY_INDEX, export_gallery
+from storage.home import GALLERY_INDEX
+from tasks.export import export_gallery
 from tasks.sample import balanced_indices
 from tasks.reshape import (DatasetFormatError, SPLITS, read_idx_images, read_idx_labels,
                            reshape_dataset)

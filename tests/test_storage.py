@@ -12,6 +12,7 @@ import pytest
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.catalog import Catalog, CatalogItems
 from storage.home import DataHome
+from storage.images import content_hash
 from storage.releases import (MANIFEST, METRICS_FILE, MODEL_FILE, NoReleaseError, ReleaseManifest, ReleaseWriter,
                               complete_release_ids, latest_release_id, load_release, recover, set_latest)
 
@@ -164,21 +165,15 @@ def test_a_child_release_hard_links_its_parents_segments(home):
 # ------------------------------------------------------------------------------------- catalogue
 
 
-def rows_for(items: CatalogItems) -> list[dict]:
-    return [{"item_id": i, "content_hash": f"h{i}", "label": int(label), "source": "drop",
-             "path": path, "pixels": pixels}
-            for i, label, path, pixels in zip(items.item_ids, items.labels, items.paths, items.images)]
-
-
 def test_catalogue_add_find_and_load(tmp_path):
     catalog = Catalog(tmp_path / "catalog.sqlite")
     assert catalog.count() == 0 and catalog.next_item_id() == 0
     items, _ = make_items(6)
-    rows = rows_for(items)
-    rows[5]["label"] = -1  # unlabelled
-    catalog.add(rows, "r1")
+    items.labels[5] = -1  # unlabelled
+    catalog.add(items, "r1")
     assert catalog.count() == 6 and catalog.count_source("drop") == 6 and catalog.next_item_id() == 6
-    assert catalog.find_hashes(["h2", "h4", "unknown"]) == {"h2": 2, "h4": 4}
+    h2, h4 = content_hash(items.images[2]), content_hash(items.images[4])
+    assert catalog.find_hashes([h2, h4, "unknown"]) == {h2: 2, h4: 4}
     loaded = catalog.load()
     np.testing.assert_array_equal(loaded.images, items.images)
     assert loaded.paths.tolist() == items.paths.tolist()
@@ -189,8 +184,8 @@ def test_forget_unpublished_deletes_only_rows_of_unknown_releases(tmp_path):
     catalog = Catalog(tmp_path / "catalog.sqlite")
     first, _ = make_items(3)
     second, _ = make_items(2, first_id=3)
-    catalog.add(rows_for(first), "published")
-    catalog.add(rows_for(second), "crashed")
+    catalog.add(first, "published")
+    catalog.add(second, "crashed")
     assert catalog.forget_unpublished({"published"}) == 2
     assert catalog.load().item_ids.tolist() == [0, 1, 2]
 
@@ -200,12 +195,12 @@ def test_forget_unpublished_deletes_only_rows_of_unknown_releases(tmp_path):
 
 def test_recover_cleans_up_after_a_killed_writer(home):
     live = publish(home, 10)
-    Catalog(home.catalog).add(rows_for(make_items(10)[0]), live)
+    Catalog(home.catalog).add(make_items(10)[0], live)
     # a killed run: a half-written release and a partial file in tmp/, catalogue rows of its release
     dead = ReleaseWriter(home)
     dead.add_segment(*make_items(3, first_id=10))
     (home.tmp / ".train-images.gz.part").write_bytes(b"half")
-    Catalog(home.catalog).add(rows_for(make_items(3, first_id=10)[0]), dead.release_id)
+    Catalog(home.catalog).add(make_items(3, first_id=10)[0], dead.release_id)
     # ... and a drop-folder run killed while writing a reason file, beside files that are the user's
     run = home.rejected / "20261129T000000000000Z-reindex"
     run.mkdir(parents=True)

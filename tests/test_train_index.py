@@ -10,7 +10,9 @@ from storage.catalog import Catalog
 from storage.embedder import make_embedder
 from storage.images import content_hash
 from storage.labels import NUM_CLASSES
-from tasks.index import DATASET_SOURCE, catalogue_dataset, embed_items
+from storage.catalog import DATASET_SOURCE
+from tasks.embed import embed_items
+from tasks.reshape import catalogue_dataset
 from tasks.sample import make_sampler
 from tasks.train import ARCHITECTURES, TrainConfig, build_model, train_model
 from tests.tiny_data import class_images

@@ -36,7 +36,7 @@ def search_files(release: Release, paths: list[Path], k: int) -> list[dict]:
 
         for position, neighbours in zip(accepted, release.search(np.stack(pixels), k)):
             results[position]["neighbours"] = [n.as_dict() for n in neighbours]
-            results[position]["no_match"] = is_no_match(release, neighbours)
+            results[position]["no_match"] = release.is_no_match(neighbours)
     return results
 
 
@@ -57,12 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(json.dumps(result))
     return 1 if any("error" in r for r in results) else 0
-
-
-def is_no_match(release: Release, neighbours) -> bool:
-    """True when even the nearest item is farther than the release's calibrated no-match distance."""
-    limit = release.no_match_distance
-    return bool(limit is not None and neighbours and neighbours[0].distance > limit)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,16 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from storage.home import DataHome
+from storage.catalog import DROP_SOURCE
+from storage.dataset import FASHION_MNIST
+from storage.home import GALLERY_INDEX, DataHome
 from storage.images import normalise_file, normalise_image
 from storage.labels import CLASS_NAMES, label_name
-from storage.releases import METRICS_FILE, Neighbour, Release, complete_release_ids, load_release, read_manifest
-from ui.search import is_no_match
+from storage.releases import (METRICS_FILE, RETRIEVAL_METRICS, Neighbour, Release, complete_release_ids, load_release,
+                              read_manifest)
 
-GALLERY_INDEX = "index.json"  # written by tasks/export.py: [{path, label, test_index}, ...]
-DROP_SOURCE = "drop"  # catalogue source of items added through the drop folder
 SAME_CLASS = (46, 160, 67)  # frame colour of a neighbour of the query's class
 OTHER_CLASS = (214, 39, 40)
-HEADLINE_ORDER = ("precision@1", "precision@5", "precision@10", "recall@1", "recall@5", "recall@10", "map@10")
 
 
 @dataclass
@@ -37,7 +36,7 @@ class LiveRelease:
     @classmethod
     def load(cls, home: DataHome, release_id: str) -> "LiveRelease":
         release = load_release(home, release_id)
-        release.embed(np.zeros((1, 28, 28), np.uint8))  # load and trace the model once, not in a query
+        release.embed(np.zeros((1, *FASHION_MNIST.pixel_shape), np.uint8))  # load and trace the model once, not in a query
         return cls(release)
 
 
@@ -74,7 +73,7 @@ def item_pixels(item: GalleryItem, release: Release) -> np.ndarray:
     """The 28x28 image searched for `item`: its PNG through normalise_image (as `python -m ui.search`
     reads it), or the stored pixels of a catalogue item. Raises ImageRejected."""
     if item.row is not None:
-        return release.items.images[item.row].reshape(28, 28)
+        return release.items.images[item.row]
     return normalise_file(item.path).pixels
 
 
@@ -96,7 +95,7 @@ def search_pixels(live: LiveRelease, pixels: np.ndarray, k: int, label: int | No
     found = results[0]
     kept = [rank for rank, n in enumerate(found) if n.item_id != exclude_item][:k]
     neighbours, rows = [found[rank] for rank in kept], results.rows[0][kept]
-    return QueryResult(pixels, label, neighbours, rows, is_no_match(live.release, neighbours),
+    return QueryResult(pixels, label, neighbours, rows, live.release.is_no_match(neighbours),
                        time.perf_counter() - started)
 
 
@@ -112,7 +111,7 @@ def search_upload(live: LiveRelease, data: bytes, k: int) -> QueryResult:
 
 def enlarge(pixels: np.ndarray, scale: int = 4, frame: tuple[int, int, int] | None = None) -> np.ndarray:
     """Nearest-neighbour upscaling (a 28x28 image stays crisp), optionally framed in a colour."""
-    big = np.repeat(np.repeat(np.asarray(pixels, np.uint8).reshape(28, 28), scale, 0), scale, 1)
+    big = np.repeat(np.repeat(np.asarray(pixels, np.uint8).reshape(FASHION_MNIST.pixel_shape), scale, 0), scale, 1)
     if frame is None:
         return big
     rgb = np.repeat(big[:, :, None], 3, axis=2)
@@ -128,7 +127,7 @@ def release_history(home: DataHome) -> pd.DataFrame:
     """precision@1 and recall@5 (and the raw-pixel precision@1) of every complete release, oldest first."""
     rows = []
     for release_id in complete_release_ids(home):
-        metrics_path = home.releases / release_id / METRICS_FILE
+        metrics_path = home.release_dir(release_id) / METRICS_FILE
         if not metrics_path.exists():
             continue
         metrics = json.loads(metrics_path.read_text())
@@ -142,7 +141,7 @@ def release_history(home: DataHome) -> pd.DataFrame:
 
 def model_vs_baseline_chart(metrics: dict) -> alt.Chart:
     baseline = metrics.get("baseline_raw_pixels", {})
-    keys = [key for key in HEADLINE_ORDER if key in metrics and key in baseline]
+    keys = [key for key in RETRIEVAL_METRICS if key in metrics and key in baseline]
     frame = pd.DataFrame([{"metric": key, "system": system, "value": source[key]}
                           for key in keys for system, source in (("model", metrics), ("raw pixels", baseline))])
     return alt.Chart(frame).mark_bar().encode(
