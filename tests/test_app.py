@@ -9,10 +9,13 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from flows.reindex import reindex
 from storage.home import HOME_ENV, DataHome
 from storage.labels import label_name
-from storage.releases import METRICS_FILE, ReleaseWriter, load_release
+from storage.releases import latest_release_id, load_release
 from tests.conftest import REPO
+from tests.corpus import encode, garment
+from tests.fuzz_cases import fuzz_case
 from ui import views
 
 APP = str(REPO / "ui" / "app.py")
@@ -48,15 +51,20 @@ def neighbour_captions(at: AppTest) -> list[str]:
     return [caption for caption in image_captions(at) if " · d=" in caption]
 
 
+def drop_and_reindex(home: DataHome, files: dict[str, bytes]) -> dict:
+    """Drop `files` (path under incoming/ -> bytes) and run the real re-index flow, which publishes them."""
+    for relative, data in files.items():
+        (home.incoming / relative).parent.mkdir(parents=True, exist_ok=True)
+        (home.incoming / relative).write_bytes(data)
+    result = reindex(data_home=str(home.root), settle_seconds=0)
+    assert result["published"] and result["indexed"] == len(files), result
+    return result
+
+
 def publish_reindex(home: DataHome) -> str:
-    """Publish a second release through the store's own API: a re-index of the live one, nothing new."""
-    live = load_release(home)
-    writer = ReleaseWriter(home)
-    writer.link_segments_from(live)
-    writer.link_model_from(live)
-    writer.write_json(METRICS_FILE, live.metrics)
-    return writer.publish({"kind": "reindex", "parent": live.release_id, "num_items": len(live.items),
-                           "model": live.manifest["model"]})
+    """Publish a second release the way the drop folder does: one photo dropped, the re-index flow run.
+    Returns the new release id (also used by tests/test_browser.py)."""
+    return drop_and_reindex(home, {"new-arrival.jpg": product_photo()})["release_id"]
 
 
 def product_photo() -> bytes:
@@ -135,6 +143,19 @@ def test_upload_searches_a_photo_and_explains_bad_files(live_home):
     assert len(captions) == 8 and not any(c.startswith(("✓", "✗")) for c in captions)  # no class to compare
 
 
+def test_upload_with_damaged_exif_is_searched_by_its_pixels(live_home):
+    """A fuzzed JPEG whose EXIF entry has the wrong type: PIL's exif_transpose raises AttributeError on it
+    (the page used to show that traceback). Its pixels are fine, so the page searches with them."""
+    case = fuzz_case(0, 42)
+    at = open_page()
+    at.file_uploader(key="upload").set_value((f"{case.name}.jpg", case.data, "image/jpeg")).run()
+    assert not at.exception, at.exception
+    assert not at.error, texts(at.error)
+    assert "Your photo" in texts(at.subheader)
+    assert "searched as 28x28" in image_captions(at)
+    assert len(neighbour_captions(at)) == 8
+
+
 def test_without_a_release_the_page_says_how_to_make_one(home):
     at = open_page()
     assert len(at.info) == 1 and "No release is published" in at.info[0].value
@@ -153,6 +174,7 @@ def test_page_switches_to_a_newly_published_release(published_home):
     assert any(old.release_id in text for text in texts(at.markdown))
 
     new_id = publish_reindex(published_home)
+    assert latest_release_id(published_home) == new_id != old.release_id
 
     at.run()
     assert not at.exception, at.exception
@@ -160,14 +182,18 @@ def test_page_switches_to_a_newly_published_release(published_home):
     assert not any(old.release_id in text for text in texts(at.markdown))
 
 
-def test_drop_folder_items_are_in_the_gallery_and_do_not_find_themselves(live_home):
-    live = views.LiveRelease.load(live_home, load_release(live_home).release_id)
-    live.release.items.sources[:2] = views.DROP_SOURCE  # pretend the first two items came from the drop folder
-    dropped = [item for item in views.gallery_items(live_home, live.release) if item.row is not None]
-    assert [item.row for item in dropped] == [0, 1]
-    result = views.search_item(live, dropped[0], k=5)
-    np.testing.assert_array_equal(result.pixels, live.release.items.images[0].reshape(28, 28))
-    assert len(result.neighbours) == 5 and dropped[0].item_id not in [n.item_id for n in result.neighbours]
+def test_drop_folder_items_are_in_the_gallery_and_do_not_find_themselves(published_home):
+    before = len(load_release(published_home).items)
+    result = drop_and_reindex(published_home, {"trouser/first.png": encode(garment(variant=1), "PNG"),
+                                               "second.png": encode(garment(variant=2), "PNG")})
+    live = views.LiveRelease.load(published_home, result["release_id"])
+    dropped = [item for item in views.gallery_items(published_home, live.release) if item.row is not None]
+    assert [item.row for item in dropped] == [before, before + 1]  # the re-index appended them
+    assert sorted(item.caption for item in dropped) == ["dropped: first.png", "dropped: second.png"]
+    first = dropped[0]
+    result = views.search_item(live, first, k=5)
+    np.testing.assert_array_equal(result.pixels, live.release.items.images[first.row].reshape(28, 28))
+    assert len(result.neighbours) == 5 and first.item_id not in [n.item_id for n in result.neighbours]
     np.testing.assert_array_equal(live.release.items.item_ids[result.rows], [n.item_id for n in result.neighbours])
 
 
