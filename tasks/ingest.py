@@ -144,15 +144,16 @@ def _kind(entry: os.DirEntry) -> str:
 def _walk(incoming: Path, now: float, settle_seconds: float):
     """Yield (relative path, label, rejection reason, waiting reason) per entry, in sorted order:
     exactly one of label (a candidate image) / rejection reason / waiting reason is set."""
-    def entries(folder: Path):
+    def visit(folder: Path, prefix: str, depth: int, label: int | None, folder_reason: str | None):
         try:
             with os.scandir(folder) as found:
-                return sorted(found, key=lambda e: e.name)
+                listed = sorted(found, key=lambda e: e.name)
         except (FileNotFoundError, NotADirectoryError):  # moved away by the user since it was listed
-            return []
-
-    def visit(folder: Path, prefix: str, depth: int, label: int | None, folder_reason: str | None):
-        for entry in entries(folder):
+            return
+        except PermissionError:  # left for a run that may list it; counted, never a failed run
+            yield prefix.rstrip("/") or ".", None, None, "folder cannot be listed (permission denied)"
+            return
+        for entry in listed:
             relative = f"{prefix}{entry.name}"
             try:
                 waiting = _waiting_reason(entry, now, settle_seconds)
@@ -313,8 +314,13 @@ def move_processed(incoming: Path, processed_dir: Path, release_id: str, accepte
 def has_pending_files(incoming: Path) -> bool:
     """True when incoming/ holds anything but empty folders (a cheap check that needs no lock)."""
     def pending(folder: Path) -> bool:
-        with os.scandir(folder) as found:
-            return any(entry.is_symlink() or not entry.is_dir() or pending(Path(entry.path)) for entry in found)
+        try:
+            with os.scandir(folder) as found:
+                return any(entry.is_symlink() or not entry.is_dir() or pending(Path(entry.path)) for entry in found)
+        except (FileNotFoundError, NotADirectoryError):  # taken away by the user meanwhile
+            return False
+        except PermissionError:  # a folder we cannot list: the run rejects or waits on it, never crashes here
+            return True
 
     return Path(incoming).is_dir() and pending(Path(incoming))
 
