@@ -1,13 +1,25 @@
-"""A command line for any flow, built from its signature and docstring, so --help lists every parameter."""
+"""A command line for any flow, built from its signature and docstring, so --help lists every parameter.
+
+Quiet by default: a run that fails prints one `error:` line (storage.errors.UserError says what to
+do) and no traceback, except for a bug; Prefect's run logs keep the traceback either way. `--verbose`
+(or FASHION_SIM_VERBOSE=1, e.g. in a deployment's environment) shows the tracebacks and what native
+libraries print.
+"""
 
 from __future__ import annotations
 
 import argparse
 import inspect
 import json
+import logging
+import os
 import re
 import sys
+import traceback
 import typing
+
+from storage.errors import UserError
+from storage.runtime import VERBOSE_ENV, add_verbose_flag, verbose
 
 
 def _param_help(doc: str) -> dict[str, str]:
@@ -32,13 +44,22 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" only where the docstring did not already say what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "(default" in (action.help or "") or action.default in ("", None):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser(flow) -> argparse.ArgumentParser:
     fn = flow.fn
     doc = inspect.getdoc(fn) or ""
     spec = fn.__globals__.get("__spec__")
     module = spec.name if spec else fn.__module__
     parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=_DefaultsOnce)
     helps = _param_help(doc)
     hints = typing.get_type_hints(fn)
     for name, param in inspect.signature(fn).parameters.items():
@@ -48,15 +69,35 @@ def build_parser(flow) -> argparse.ArgumentParser:
         converter = _boolean if base is bool else base
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=converter, default=param.default,
                             metavar=base.__name__.upper(), help=helps.get(name, " ").replace("%", "%%"))
+    add_verbose_flag(parser)
     return parser
+
+
+class _FailureOnce(logging.Filter):
+    """Keeps Prefect's records of a failed run (the traceback, "Finished in state Failed") off the
+    terminal, where the CLI prints the failure as one line; the run's logs still get them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info or record.getMessage().startswith("Finished in state Failed"))
 
 
 def run_flow_cli(flow, argv: list[str] | None = None) -> object:
     """Parse argv into the flow's parameters, run it once (ephemeral Prefect), print its result as JSON."""
     options = vars(build_parser(flow).parse_args(argv))
+    if options.pop("verbose"):
+        os.environ[VERBOSE_ENV] = "1"
+    console = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
+    if not verbose():
+        for handler in console:
+            handler.addFilter(_FailureOnce())
     try:
         result = flow(**options)
-    except Exception as error:  # a user-facing failure: one clear line, non-zero exit
+    except UserError as error:  # says what to do, in one line
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as error:  # a bug: its traceback belongs on the terminal too
+        if not verbose():
+            traceback.print_exception(error, file=sys.stderr)
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     print(json.dumps(result, indent=2, default=str))

@@ -21,6 +21,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from storage.errors import UserError
 from storage.images import IMAGE_SIDE, content_hash
 from storage.lock import processes_holding
 
@@ -69,7 +70,7 @@ class CatalogItems:
                      for column in ("item_ids", "labels", "images", "paths", "sources")))
 
 
-class CatalogError(RuntimeError):
+class CatalogError(UserError, RuntimeError):
     """The catalogue cannot be used right now; the message says why and what to do."""
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.runtime import usable_cpus
+from storage.runtime import quiet_native_output, usable_cpus
 
 EMBEDDER_FILE = "embedder.tflite"
 CHUNK = 16  # images per interpreter call in a batch: 10,000 images 0.60 s at 16, 0.64 s at 32, 0.68 s at 64
@@ -41,13 +41,15 @@ class Embedder:
 
         self.flatbuffer = flatbuffer
         threads = usable_cpus()
-        self._single = Interpreter(model_content=flatbuffer, num_threads=threads)
-        self._batch = Interpreter(model_content=flatbuffer, num_threads=threads)
-        shape = self._single.get_input_details()[0]["shape"]
-        self.side = int(shape[1])
-        self._single.allocate_tensors()
-        self._batch.resize_tensor_input(self._batch.get_input_details()[0]["index"], [CHUNK, self.side, self.side, 1])
-        self._batch.allocate_tensors()
+        with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            self._single = Interpreter(model_content=flatbuffer, num_threads=threads)
+            self._batch = Interpreter(model_content=flatbuffer, num_threads=threads)
+            shape = self._single.get_input_details()[0]["shape"]
+            self.side = int(shape[1])
+            self._single.allocate_tensors()
+            self._batch.resize_tensor_input(self._batch.get_input_details()[0]["index"],
+                                            [CHUNK, self.side, self.side, 1])
+            self._batch.allocate_tensors()
         output = self._single.get_output_details()[0]
         self.width = int(output["shape"][-1])
         self._input, self._output = self._single.get_input_details()[0]["index"], output["index"]

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from storage.dataset import FASHION_MNIST
+from storage.errors import UserError
 from storage.files import read_regular_file
 
 IMAGE_SIDE = FASHION_MNIST.side
@@ -28,7 +29,7 @@ WORKING_SIDE = 1024  # larger images are box-averaged down first: the result is 
 BACKGROUND_MARGIN = 24  # grey levels above the background that count as "object" when cropping
 
 
-class ImageRejected(ValueError):
+class ImageRejected(UserError, ValueError):
     """The input cannot be used as an image; str(error) says why, in words a user can act on."""
 
 
@@ -55,7 +56,7 @@ def _open_checked(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ImageRejected("not an image PIL can read (is it really a PNG or JPEG?)") from None
+        raise ImageRejected("not an image: the data is neither PNG nor JPEG (is it really an image file?)") from None
     except Image.DecompressionBombError as error:
         raise _too_many_pixels(error) from None
     except (OSError, SyntaxError, ValueError) as error:  # a known header cut short or garbled

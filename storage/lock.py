@@ -16,13 +16,14 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
+from storage.errors import UserError
 from storage.home import DataHome
 
 DEFAULT_LOCK_TIMEOUT_S = float(os.environ.get("FASHION_SIM_LOCK_TIMEOUT", "600"))
 HOLDER_FILE = ".writer.holder"  # "<flow> pid=<pid> host=<host> since=<ISO time>", written by the holder
 
 
-class StoreBusyError(RuntimeError):
+class StoreBusyError(UserError, RuntimeError):
     """Another run holds the writer lock for longer than we were willing to wait."""
 
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from storage.atomic import atomic_write_text, fsync_dir, fsync_file, leftover_temp_files
 from storage.catalog import Catalog, CatalogItems
+from storage.errors import UserError
 from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
 from storage.files import NotRegularFileError, read_regular_file
 from storage.home import REASON_SUFFIX, DataHome
@@ -101,7 +102,7 @@ class ReleaseManifest:
                 "model": self.model}
 
 
-class ReleaseError(RuntimeError):
+class ReleaseError(UserError, RuntimeError):
     """A release cannot be used; the message says which and what to do."""
 
 

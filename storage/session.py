@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from storage.catalog import Catalog
+from storage.errors import UserError
 from storage.files import unescape_name
 from storage.home import DataHome
 from storage.images import ImageRejected, normalise_file
@@ -32,7 +33,7 @@ OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 OUT_OF_SPACE_SQLITE_ERRORS = ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
 
 
-class StoreFullError(RuntimeError):
+class StoreFullError(UserError, RuntimeError):
     """The data home's filesystem is full; the message says what to do."""
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from storage.errors import UserError
 from tasks.logs import step_logger
 
 FILES_MD5 = {
@@ -34,7 +35,7 @@ CHECKSUMS_ENV = "FASHION_MNIST_MD5SUMS"  # an MD5SUMS file that replaces FILES_M
 CHUNK = 1 << 16
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """No source gave a file with the expected checksum."""
 
 

@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.catalog import DATASET_SOURCE, Catalog, CatalogItems
 from storage.dataset import FASHION_MNIST
+from storage.errors import UserError
 from storage.labels import NUM_CLASSES
 from tasks.download import md5_of
 from tasks.logs import step_logger
@@ -32,7 +33,7 @@ SPLITS = {
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """An idx file is not what Fashion-MNIST files look like."""
 
 

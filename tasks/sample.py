@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from storage.catalog import CatalogItems
 from storage.dataset import FASHION_MNIST
 from storage.labels import NUM_CLASSES
-from storage.runtime import load_tensorflow_similarity
+from storage.runtime import load_tensorflow_similarity, quiet_native_output
 from tasks.logs import step_logger
 
 
@@ -71,13 +71,15 @@ def make_sampler(images: np.ndarray, labels: np.ndarray, examples_per_class: int
             return self._x[idxs], self._y[idxs]
 
     classes = sorted(int(c) for c in np.unique(labels))
-    return SeededSampler(
-        np.asarray(images, dtype=np.uint8).reshape(-1, *FASHION_MNIST.input_shape), np.asarray(labels, dtype=np.int32), seed,
-        classes_per_batch=min(classes_per_batch, len(classes)),
-        examples_per_class_per_batch=examples_per_class,
-        steps_per_epoch=steps_per_epoch,
-        class_list=classes,
-    )
+    with quiet_native_output():  # the library prints its batch size and four tqdm bars
+        return SeededSampler(
+            np.asarray(images, dtype=np.uint8).reshape(-1, *FASHION_MNIST.input_shape),
+            np.asarray(labels, dtype=np.int32), seed,
+            classes_per_batch=min(classes_per_batch, len(classes)),
+            examples_per_class_per_batch=examples_per_class,
+            steps_per_epoch=steps_per_epoch,
+            class_list=classes,
+        )
 
 
 @task(name="sample", cache_policy=NO_CACHE)

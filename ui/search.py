@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from storage.home import DataHome
+from storage.errors import UserError
 from storage.files import escape_name
+from storage.home import DataHome
 from storage.images import ImageRejected, normalise_file
-from storage.releases import Release, ReleaseError, load_release
+from storage.releases import Release, load_release
+from storage.runtime import VERBOSE_ENV, add_verbose_flag
 
 
 def search_files(release: Release, paths: list[Path], k: int) -> list[dict]:
@@ -45,12 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path, help="PNG or JPEG files to search with")
     parser.add_argument("--k", type=int, default=10, help="neighbours per image (default 10)")
     parser.add_argument("--data-home", default="", help="data home (default $FASHION_SIM_HOME, else ./data)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
     if args.k < 1:
         parser.error("--k must be at least 1")
     try:
         release = load_release(DataHome.from_env(args.data_home or None))
-    except ReleaseError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     results = search_files(release, args.images, args.k)
