@@ -36,11 +36,11 @@ def article_reference(train_x, train_y, epochs: int, steps: int, seed: int):
     return model, time.perf_counter() - started
 
 
-def measure(model, train_x, train_y, test_x, test_y) -> dict:
+def measure(model, train_x, train_y, test_x, test_y, mirror_average: bool = False) -> dict:
     items = CatalogItems(item_ids=train_y * 0, labels=train_y.astype("int16"), images=train_x.reshape(-1, *FASHION_MNIST.pixel_shape),
                          paths=train_y.astype(str), sources=train_y.astype(str))
     started = time.perf_counter()
-    embed = make_embedder(model)
+    embed = make_embedder(model, mirror_average)
     index = embed(train_x)
     index_s = time.perf_counter() - started
     metrics = evaluate_release(embed, test_x, test_y, index, items)
@@ -56,6 +56,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-article", action="store_true", help="measure only the default configuration")
     parser.add_argument("--article-epochs", type=int, default=10)
     parser.add_argument("--article-steps", type=int, default=1000)
+    parser.add_argument("--preset", default="", help="a tasks.train preset over the configuration, e.g. quality")
     for field, value in defaults.as_dict().items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=type(value) if not isinstance(value, bool)
                             else (lambda s: s.lower() in ("1", "true", "yes")), default=value)
@@ -63,14 +64,14 @@ def main(argv=None) -> dict:
     folder = mirror_dir(args.mirror)
     train_x, train_y = load_split(folder, "train")
     test_x, test_y = load_split(folder, "test")
-    config = TrainConfig(**{f: getattr(args, f) for f in defaults.as_dict()})
+    config = TrainConfig(**{f: getattr(args, f) for f in defaults.as_dict()}).with_preset(args.preset)
     result = {"machine": machine(), "queries": int(len(test_y)), "indexed_items": int(len(train_y))}
 
     sampler = make_sampler(train_x, train_y, config.examples_per_class, config.steps_per_epoch,
                            config.classes_per_batch, config.seed)
     model, history = train_model(sampler, config)
     result["default"] = {"config": config.as_dict(), "train_seconds": history["train_seconds"],
-                         **measure(model, train_x, train_y, test_x, test_y)}
+                         **measure(model, train_x, train_y, test_x, test_y, config.mirror_average)}
     if not args.skip_article:
         reference, seconds = article_reference(train_x, train_y, args.article_epochs, args.article_steps, config.seed)
         result["article"] = {"train_seconds": round(seconds, 2), **measure(reference, train_x, train_y, test_x, test_y)}

@@ -69,7 +69,7 @@ def retrain(
                                         examples_per_class=examples_per_class, learning_rate=learning_rate, seed=seed)
         sampler = sample_task(images, labels, examples_per_class, steps_per_epoch, config.classes_per_batch, seed)
         model, history = train_task(sampler, config, initial_model=live.model)
-        embed = make_embedder(model)
+        embed = make_embedder(model, config.mirror_average)
         candidate = Candidate("retrain", model, embed, items, embed_task(embed, items), config.as_dict(),
                               int(new.item_ids.max()), history, live.release_id,
                               {"new_labelled_items": len(new), "replayed_items": replayed})

@@ -5,6 +5,9 @@ LiteRT's interpreter with XNNPACK. Measured on the 2-core machine against callin
 through a tf.function: one image 0.13 ms instead of 1.6 ms, 10,000 images about 1.5x faster, and the
 embeddings agree within 1e-5 (tests/test_embedder.py). Loading a release's flatbuffer does not
 import TensorFlow at all, so the search CLI and the page start faster too.
+
+With `mirror_average` (the quality preset) an image's embedding is the normalised mean of its own and
+its mirror image's: +0.0035 precision@1 on `compact`, at twice the embedding cost of every query.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ class Embedder:
     """uint8 images (n, side, side[, 1]) -> float32 unit embeddings (n, d). Thread-safe: the page
     shares one per release between sessions, and an interpreter runs one call at a time."""
 
-    def __init__(self, flatbuffer: bytes):
+    def __init__(self, flatbuffer: bytes, mirror_average: bool = False):
         from ai_edge_litert.interpreter import Interpreter
 
         self.flatbuffer = flatbuffer
+        self.mirror_average = mirror_average
         threads = usable_cpus()
         with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             self._single = Interpreter(model_content=flatbuffer, num_threads=threads)
@@ -56,8 +60,8 @@ class Embedder:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: Path) -> "Embedder":
-        return cls(Path(path).read_bytes())
+    def load(cls, path: Path, mirror_average: bool = False) -> "Embedder":
+        return cls(Path(path).read_bytes(), mirror_average)
 
     def _run(self, interpreter, batch: np.ndarray) -> np.ndarray:
         interpreter.set_tensor(self._input, batch)  # both interpreters share the tensor indices
@@ -66,6 +70,13 @@ class Embedder:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images).reshape(len(images), self.side, self.side, 1)
+        vectors = self._embed(images)
+        if not self.mirror_average or len(images) == 0:
+            return vectors
+        both = vectors + self._embed(images[:, :, ::-1])
+        return both / np.linalg.norm(both, axis=1, keepdims=True)
+
+    def _embed(self, images: np.ndarray) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0, self.width), np.float32)
         with self._lock:
@@ -81,10 +92,11 @@ class Embedder:
         return np.concatenate(parts)
 
 
-def make_embedder(model) -> Embedder:
+def make_embedder(model, mirror_average: bool = False) -> Embedder:
     """The Embedder of a trained Keras model, compiled once per model object (the pipeline embeds the
     catalogue, the queries and then saves it; a model must not be trained further after this)."""
-    embedder = _compiled.get(model)
-    if embedder is None:
-        embedder = _compiled[model] = Embedder(compile_model(model))
-    return embedder
+    embedders = _compiled.setdefault(model, {})
+    if mirror_average not in embedders:
+        flatbuffer = next(iter(embedders.values())).flatbuffer if embedders else compile_model(model)
+        embedders[mirror_average] = Embedder(flatbuffer, mirror_average)
+    return embedders[mirror_average]

@@ -248,7 +248,9 @@ class Release:
         if self._embed_fn is None:
             compiled = self.path / EMBEDDER_FILE
             # releases published before the compiled embedder existed compile their model on load
-            self._embed_fn = Embedder.load(compiled) if compiled.exists() else make_embedder(self.model)
+            mirror = bool(self.manifest["model"].get("mirror_average", False))
+            self._embed_fn = (Embedder.load(compiled, mirror) if compiled.exists() else
+                              make_embedder(self.model, mirror))
         return self._embed_fn(images)
 
     def nearest(self, query_embeddings: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:

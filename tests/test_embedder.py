@@ -70,3 +70,41 @@ def test_searching_a_release_does_not_import_tensorflow(published_home):
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
                          check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"tf": False, "hits": 3}
+
+
+def test_mirror_averaging_embeds_an_image_and_its_mirror_alike(model):
+    images = np.random.default_rng(5).integers(0, 256, (CHUNK + 3, 28, 28), dtype=np.uint8)
+    plain, averaged = make_embedder(model), make_embedder(model, mirror_average=True)
+    assert averaged.flatbuffer is plain.flatbuffer  # one compilation serves both
+    for batch in (images[:1], images):  # the single-image and the batch paths
+        mirrored = averaged(batch[:, :, ::-1])
+        np.testing.assert_allclose(averaged(batch), mirrored, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(mirrored, axis=1), 1.0, atol=1e-5)
+        both = plain(batch) + plain(batch[:, :, ::-1])
+        np.testing.assert_allclose(averaged(batch), both / np.linalg.norm(both, axis=1, keepdims=True), atol=1e-6)
+
+
+def test_the_quality_preset_and_a_release_that_uses_it(model, home):
+    from tasks.train import PresetError
+
+    quality = TrainConfig().with_preset("quality")
+    assert (quality.architecture, quality.steps_per_epoch, quality.mirror_average) == ("compact", 450, True)
+    assert TrainConfig().with_preset("") == TrainConfig()
+    with pytest.raises(PresetError, match="unknown preset 'fast': use one of quality"):
+        TrainConfig().with_preset("fast")
+
+    from storage.catalog import CatalogItems
+    from storage.releases import MODEL_FILE, ModelRecord, ReleaseManifest, ReleaseWriter
+
+    images = np.random.default_rng(6).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    items = CatalogItems(np.arange(6), np.zeros(6, np.int16), images, np.array(["a"] * 6), np.array(["drop"] * 6))
+    writer = ReleaseWriter(home)
+    writer.add_segment(items, make_embedder(model, True)(images))
+    (writer.path / MODEL_FILE).write_bytes(b"placeholder: queries use the compiled embedder")
+    (writer.path / EMBEDDER_FILE).write_bytes(make_embedder(model).flatbuffer)
+    writer.write_json("metrics.json", {})
+    record = ModelRecord({**quality.as_dict(), "architecture": TrainConfig().architecture}, writer.release_id, 5)
+    writer.publish(ReleaseManifest("full", None, 6, record.as_dict()))
+    release = load_release(home)  # queries go through the release's own embedder, mirror-averaged too
+    np.testing.assert_allclose(release.embed(images[:2]), release.embed(images[:2, :, ::-1]), atol=1e-5)
+    assert release.search(images[3][:, ::-1][None], k=1)[0][0].item_id == 3
