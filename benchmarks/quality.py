@@ -37,7 +37,8 @@ def article_reference(train_x, train_y, epochs: int, steps: int, seed: int):
 
 
 def measure(model, train_x, train_y, test_x, test_y, mirror_average: bool = False) -> dict:
-    items = CatalogItems(item_ids=train_y * 0, labels=train_y.astype("int16"), images=train_x.reshape(-1, *FASHION_MNIST.pixel_shape),
+    items = CatalogItems(item_ids=train_y * 0, labels=train_y.astype("int16"),
+                         images=train_x.reshape(-1, *FASHION_MNIST.pixel_shape),
                          paths=train_y.astype(str), sources=train_y.astype(str))
     started = time.perf_counter()
     embed = make_embedder(model, mirror_average)

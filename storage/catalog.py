@@ -137,8 +137,8 @@ class Catalog:
     def paths_and_hashes(self, release_id: str, path_prefix: str) -> list[tuple[str, str]]:
         """(path, content hash) of the items `release_id` catalogued whose path starts with `path_prefix`."""
         with self._open() as db:
-            return [(path, digest) for path, digest in db.execute(
-                "SELECT path, content_hash FROM items WHERE release_id = ?", (release_id,)) if path.startswith(path_prefix)]
+            rows = db.execute("SELECT path, content_hash FROM items WHERE release_id = ?", (release_id,))
+            return [(path, digest) for path, digest in rows if path.startswith(path_prefix)]
 
     def item_ids(self) -> np.ndarray:
         with self._open() as db:

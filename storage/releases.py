@@ -82,7 +82,8 @@ class ModelRecord:
     @classmethod
     def of(cls, manifest: dict[str, Any]) -> "ModelRecord":
         record = dict(manifest["model"])
-        return cls(trained_in=record.pop("trained_in"), trained_through_item_id=int(record.pop("trained_through_item_id")),
+        return cls(trained_in=record.pop("trained_in"),
+                   trained_through_item_id=int(record.pop("trained_through_item_id")),
                    warm_start_from=record.pop("warm_start_from", None), config=record)
 
 

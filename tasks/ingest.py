@@ -22,8 +22,9 @@ Drop-folder policy (the re-index flow and its tests follow exactly this):
 - Rejected: moved to rejected/<run id>/<path relative to incoming/> with a sibling
   "<name>.reason.txt" holding a one-line reason; nothing there is ever overwritten (a numeric
   suffix is added on collision). A name too long to take the suffix gets a reason file with a short
-  derived name (its first 100 bytes, "-", a hash of the name), listed in the run's report. Reasons: normalise_image's own (not an image, damaged, too large,
-  flat colour...); symbolic links ("symbolic links are not followed"; the link itself is moved, its
+  derived name (its first 100 bytes, "-", a hash of the name), listed in the run's report.
+  Reasons: normalise_image's own (not an image, damaged, too large, flat colour...); FIFOs and
+  other files that are not regular files; symbolic links ("symbolic links are not followed"; the link itself is moved, its
   target is untouched); files in a sub-folder that is not a class name (the reason names the folder
   and the accepted names); anything nested deeper than incoming/<class>/<file>; other extensions
   ("use PNG or JPEG"); duplicates, i.e. the same normalised content (content_hash) as a catalogue

@@ -123,7 +123,8 @@ def catalogue_dataset(catalog: Catalog, images: np.ndarray, labels: np.ndarray, 
         return 0
     start, count = catalog.next_item_id(), len(images)
     catalog.add(CatalogItems(item_ids=np.arange(start, start + count, dtype=np.int64),
-                             labels=np.asarray(labels, dtype=np.int16), images=images.reshape(count, *images.shape[1:3]),
+                             labels=np.asarray(labels, dtype=np.int16),
+                             images=images.reshape(count, *images.shape[1:3]),
                              paths=np.array([f"fashion-mnist/train/{i}" for i in range(count)]),
                              sources=np.full(count, DATASET_SOURCE)), release_id)
     return count
