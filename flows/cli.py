@@ -86,10 +86,10 @@ def run_flow_cli(flow, argv: list[str] | None = None) -> object:
     options = vars(build_parser(flow).parse_args(argv))
     if options.pop("verbose"):
         os.environ[VERBOSE_ENV] = "1"
-    console = [h for h in logging.getLogger().handlers if type(h).__name__ == "PrefectConsoleHandler"]
     if not verbose():
-        for handler in console:
-            handler.addFilter(_FailureOnce())
+        for handler in logging.getLogger().handlers:
+            if type(handler).__name__ == "PrefectConsoleHandler":
+                handler.addFilter(_FailureOnce())
     try:
         result = flow(**options)
     except UserError as error:  # says what to do, in one line

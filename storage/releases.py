@@ -39,8 +39,8 @@ import numpy as np
 
 from storage.atomic import atomic_write_text, fsync_dir, fsync_file, leftover_temp_files
 from storage.catalog import Catalog, CatalogItems
-from storage.errors import UserError
 from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
+from storage.errors import UserError
 from storage.files import NotRegularFileError, read_regular_file
 from storage.home import REASON_SUFFIX, DataHome
 from storage.labels import label_name
@@ -349,7 +349,7 @@ class ReleaseWriter:
             for new_items, new_embeddings in new:
                 self.add_segment(new_items, new_embeddings)
             return
-        self.link_segments_from(base, [name for name in base.manifest["segments"] if name not in minor])
+        self.link_segments_from(base, [largest])
         merged = [read_segment(base.path / "segments" / name) for name in minor] + new
         self.add_segment(CatalogItems.concatenate([part for part, _ in merged]),
                          np.concatenate([vectors for _, vectors in merged]))

@@ -180,12 +180,14 @@ def read_segment(folder: Path) -> tuple[CatalogItems, np.ndarray]:
 
 def load_segments(folders: list[Path]) -> tuple[CatalogItems, np.ndarray, SegmentedIndex]:
     """The segments in `folders`, in order, as one catalogue of items, one embedding matrix, and the
-    index that searches them (rows of both are the index's rows)."""
+    index that searches them (rows of both are the index's rows; each segment's embeddings are a view
+    of the matrix's rows, so the release holds them once)."""
     parts = [read_segment(folder) for folder in folders]
+    embeddings = np.ascontiguousarray(np.concatenate([part for _, part in parts]), np.float32)
     segments, offset = [], 0
-    for folder, (_, embeddings) in zip(folders, parts):
-        graph = load_hnsw(folder / HNSW_FILE, embeddings.shape[1], len(embeddings)) if has_graph(folder) else None
-        segments.append(Segment(offset, embeddings, graph))
-        offset += len(embeddings)
-    items = CatalogItems.concatenate([part for part, _ in parts])
-    return items, np.ascontiguousarray(np.concatenate([e for _, e in parts]), np.float32), SegmentedIndex(segments)
+    for folder, (_, part) in zip(folders, parts):
+        rows = embeddings[offset: offset + len(part)]
+        graph = load_hnsw(folder / HNSW_FILE, rows.shape[1], len(rows)) if has_graph(folder) else None
+        segments.append(Segment(offset, rows, graph))
+        offset += len(part)
+    return CatalogItems.concatenate([items for items, _ in parts]), embeddings, SegmentedIndex(segments)

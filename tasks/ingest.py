@@ -24,11 +24,12 @@ Drop-folder policy (the re-index flow and its tests follow exactly this):
   suffix is added on collision). A name too long to take the suffix gets a reason file with a short
   derived name (its first 100 bytes, "-", a hash of the name), listed in the run's report.
   Reasons: normalise_image's own (not an image, damaged, too large, flat colour...); FIFOs and
-  other files that are not regular files; symbolic links ("symbolic links are not followed"; the link itself is moved, its
-  target is untouched); files in a sub-folder that is not a class name (the reason names the folder
-  and the accepted names); anything nested deeper than incoming/<class>/<file>; other extensions
-  ("use PNG or JPEG"); duplicates, i.e. the same normalised content (content_hash) as a catalogue
-  item or as an earlier file (in sorted path order) of the same run ("duplicate of catalogue item N").
+  other files that are not regular files; symbolic links ("symbolic links are not followed"; the
+  link itself is moved, its target is untouched); files in a sub-folder that is not a class name
+  (the reason names the folder and the accepted names); anything nested deeper than
+  incoming/<class>/<file>; other extensions ("use PNG or JPEG"); duplicates, i.e. the same
+  normalised content (content_hash) as a catalogue item or as an earlier file (in sorted path
+  order) of the same run ("duplicate of catalogue item N").
 - Accepted files are moved to processed/<release id>/<path relative to incoming/> only after their
   release is published (LATEST moved). A run that stops before its release is complete leaves them in
   incoming/ and the next run redoes them; one that stops after (killed, or a full disk as LATEST
