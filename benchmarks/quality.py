@@ -28,8 +28,9 @@ def article_reference(train_x, train_y, epochs: int, steps: int, seed: int):
 
     tf, tfsim = load_tensorflow(), load_tensorflow_similarity()
     tf.keras.utils.set_random_seed(seed)
-    sampler = make_sampler(train_x, train_y, examples_per_class=2, steps_per_epoch=steps, seed=seed)
-    model = build_model("article", 64)
+    sampler = make_sampler(train_x, train_y, examples_per_class=2, steps_per_epoch=steps,
+                           classes_per_batch=FASHION_MNIST.num_classes, seed=seed)
+    model = build_model("article", 64, FASHION_MNIST.input_shape)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=tfsim.losses.MultiSimilarityLoss(distance="cosine"))
     started = time.perf_counter()
     model.fit(sampler, epochs=epochs, verbose=0)
@@ -44,7 +45,7 @@ def measure(model, train_x, train_y, test_x, test_y, mirror_average: bool = Fals
     embed = make_embedder(model, mirror_average)
     index = embed(train_x)
     index_s = time.perf_counter() - started
-    metrics = evaluate_release(embed, test_x, test_y, index, items)
+    metrics = evaluate_release(embed, test_x, test_y, index, items, FASHION_MNIST)
     return {"precision@1": metrics["precision@1"], "recall@5": metrics["recall@5"], "map@10": metrics["map@10"],
             "index_seconds": round(index_s, 2), "baseline_raw_pixels_precision@1":
             metrics["baseline_raw_pixels"]["precision@1"]}
@@ -70,7 +71,7 @@ def main(argv=None) -> dict:
 
     sampler = make_sampler(train_x, train_y, config.examples_per_class, config.steps_per_epoch,
                            config.classes_per_batch, config.seed)
-    model, history = train_model(sampler, config)
+    model, history = train_model(sampler, config, FASHION_MNIST.num_classes)
     result["default"] = {"config": config.as_dict(), "train_seconds": history["train_seconds"],
                          **measure(model, train_x, train_y, test_x, test_y, config.mirror_average)}
     if not args.skip_article:

@@ -41,9 +41,10 @@ def synthetic_store(root: Path, size: int, model, seed: int) -> DataHome:
     items = CatalogItems(np.arange(size, dtype=np.int64), labels, images, paths,
                          np.full(size, DATASET_SOURCE))
     writer = ReleaseWriter(home)
-    Catalog(home.catalog).add(items, writer.release_id)
+    Catalog(home.catalog, FASHION_MNIST).add(items, writer.release_id)
     config = TrainConfig()
-    manifest = ReleaseManifest("full", None, size, ModelRecord(config.as_dict(), writer.release_id, size - 1).as_dict())
+    manifest = ReleaseManifest("full", None, size, ModelRecord(config.as_dict(), writer.release_id, size - 1).as_dict(),
+                               FASHION_MNIST)
     publish_release(home, writer, manifest, {"precision@1": 0.0, "recall@5": 0.0}, new_items=items,
                     new_embeddings=embeddings, model=model)
     return home
@@ -77,7 +78,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    similarity = build_model(TrainConfig().architecture, 64)  # imports TensorFlow
+    similarity = build_model(TrainConfig().architecture, 64, FASHION_MNIST.input_shape)  # imports TensorFlow
     model = load_tensorflow().keras.Model(similarity.inputs, similarity.outputs)  # saved as train_model's output
     tensorflow_seconds = time.perf_counter() - started
     from flows.reindex import reindex

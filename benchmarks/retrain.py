@@ -27,7 +27,6 @@ from benchmarks.common import load_split, machine, mirror_dir
 from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.images import encode_png
-from storage.labels import CLASS_SLUGS
 from storage.releases import latest_release_id
 
 
@@ -47,7 +46,7 @@ def drop_new_labelled(home: DataHome, images: np.ndarray, labels: np.ndarray, co
     rng = np.random.default_rng(seed)
     for index in rng.choice(len(images), size=count, replace=False):
         shifted = np.roll(images[index].reshape(FASHION_MNIST.pixel_shape)[:, ::-1], 1, axis=1)
-        folder = home.incoming / CLASS_SLUGS[int(labels[index])]
+        folder = home.incoming / FASHION_MNIST.class_slugs[int(labels[index])]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"photo-{index:05d}.png").write_bytes(encode_png(shifted))
 

@@ -35,7 +35,6 @@ from benchmarks.common import machine, median_ms
 from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.images import encode_png
-from storage.labels import CLASS_SLUGS
 from storage.releases import Release, load_release
 from tasks.reshape import Arrays
 
@@ -67,7 +66,7 @@ def drop_pngs(incoming: Path, images: np.ndarray, labels: np.ndarray, run: int, 
     """Write each image mirrored, with noise of 0-3 grey levels, as a PNG in its class folder."""
     for number, (pixels, label) in enumerate(zip(images, labels)):
         noisy = np.fliplr(pixels).astype(np.int16) + rng.integers(0, 4, size=pixels.shape)
-        folder = incoming / CLASS_SLUGS[int(label)]
+        folder = incoming / FASHION_MNIST.class_slugs[int(label)]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"segments-{run:03d}-{number:03d}.png").write_bytes(encode_png(np.clip(noisy, 0, 255)))
 

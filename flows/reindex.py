@@ -27,12 +27,15 @@ from tasks.publish import publish_drops_task
 
 @flow(name="reindex")
 def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
-            lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S) -> dict:
+            lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, allow_new_classes: bool = False) -> dict:
     """Add the images dropped into incoming/ to a new release, embedded with the live model.
 
     Args:
         data_home: where everything is stored (default: $FASHION_SIM_HOME, else ./data)
         settle_seconds: files modified less than this many seconds ago are left for the next run
+        allow_new_classes: a sub-folder of incoming/ that names no class becomes a new class (indexed now,
+            trained on at the next retrain) instead of being rejected; "allow_new_classes": true in the
+            home's dataset.json makes this the home's setting
         lock_timeout_s: how long to wait for another run that is writing to the store before stopping
     """
     log = step_logger()
@@ -42,7 +45,8 @@ def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
                 "reason": f"nothing to index: {home.incoming} is empty", **DropScan().counts(), "rejections": [],
                 "notes": []}
     with writer_session(home, "reindex", lock_timeout_s, log=log) as session:  # no release: run the pipeline
-        scan = scan_task(home.incoming, session.catalog, session.next_item_id, settle_seconds)
+        scan = scan_task(home.incoming, session.catalog, session.next_item_id, session.live.dataset, settle_seconds,
+                         allow_new_classes)
         counts = scan.counts()
         release_id = publish_drops_task(session, scan) if scan.accepted else None
         reason = (f"indexed {counts['indexed']} new item(s) into release {release_id}" if release_id else

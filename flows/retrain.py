@@ -68,9 +68,9 @@ def retrain(
         config = TrainConfig.warm_start(live_model.config, epochs=epochs, steps_per_epoch=steps_per_epoch,
                                         examples_per_class=examples_per_class, learning_rate=learning_rate, seed=seed)
         sampler = sample_task(images, labels, examples_per_class, steps_per_epoch, config.classes_per_batch, seed)
-        model, history = train_task(sampler, config, initial_model=live.model)
+        model, history = train_task(sampler, config, live.dataset.num_classes, initial_model=live.model)
         embed = make_embedder(model, config.mirror_average)
-        candidate = Candidate("retrain", model, embed, items, embed_task(embed, items), config.as_dict(),
+        candidate = Candidate("retrain", model, embed, items, embed_task(embed, items), config.as_dict(), live.dataset,
                               int(new.item_ids.max()), history, live.release_id,
                               {"new_labelled_items": len(new), "replayed_items": replayed})
         outcome = release_candidate_task(session, ReleaseWriter(home), candidate, Arrays(home.arrays).load("test"),

@@ -1,5 +1,6 @@
-"""The item catalogue (SQLite): one row per indexed item, with its pixels, so any flow can re-index
-or retrain on the whole catalogue without going back to the original files.
+"""The item catalogue (SQLite): one row per indexed item, with its pixels (the network's input), its
+display copy (photos) and its metadata, so any flow can re-index or retrain on the whole catalogue
+without going back to the original files.
 
 Rows are written under the writer lock *before* the release that contains them is published, tagged
 with that release's id. `forget_unpublished` (run by every writer at start) deletes rows whose
@@ -12,6 +13,7 @@ catalogue rebuilt from the live release continues above every id any release eve
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -21,8 +23,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from storage.dataset import DatasetDescription
 from storage.errors import UserError
-from storage.images import IMAGE_SIDE, content_hash
+from storage.images import content_hash, input_from_display
 from storage.lock import processes_holding
 
 SCHEMA = """
@@ -32,9 +35,11 @@ CREATE TABLE IF NOT EXISTS items (
     label        INTEGER NOT NULL,          -- -1 = unlabelled
     source       TEXT    NOT NULL,          -- DATASET_SOURCE | DROP_SOURCE
     path         TEXT    NOT NULL,          -- image file (relative to the data home) or dataset reference
-    pixels       BLOB    NOT NULL,          -- side*side uint8, normalised (storage.dataset)
+    pixels       BLOB    NOT NULL,          -- the dataset's pixel_shape, uint8, normalised (storage.dataset)
     release_id   TEXT    NOT NULL,          -- the release that first indexed it
-    added_at     TEXT    NOT NULL
+    added_at     TEXT    NOT NULL,
+    display      BLOB    NOT NULL DEFAULT x'',  -- JPEG display copy (photos); empty: the pixels are shown
+    metadata     TEXT    NOT NULL DEFAULT ''    -- JSON object (sku, title, url...), or empty
 );
 CREATE INDEX IF NOT EXISTS items_hash ON items(content_hash);
 CREATE INDEX IF NOT EXISTS items_release ON items(release_id);
@@ -42,7 +47,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 NEXT_ITEM_ID = "next_item_id"
 DATASET_SOURCE = "fashion-mnist-train"  # catalogue source of the built-in dataset's training images
+FOLDER_SOURCE = "folder"  # catalogue source of a labelled folder's images (trained on, evaluation's index)
+HELD_OUT_SOURCE = "folder-held-out"  # a folder's held-out images: indexed, never trained on (the queries)
 DROP_SOURCE = "drop"  # catalogue source of items added through the drop folder
+ADDED_COLUMNS = {"display": "BLOB NOT NULL DEFAULT x''", "metadata": "TEXT NOT NULL DEFAULT ''"}  # since "own images"
 DEFAULT_BUSY_TIMEOUT_S = 60.0
 
 
@@ -52,22 +60,53 @@ class CatalogItems:
 
     item_ids: np.ndarray  # int64 (n,)
     labels: np.ndarray  # int16 (n,)
-    images: np.ndarray  # uint8 (n, side, side)
+    images: np.ndarray  # uint8 (n, *pixel_shape)
     paths: np.ndarray  # str (n,)
     sources: np.ndarray  # str (n,)
+    displays: np.ndarray | None = None  # object (n,) of bytes: display copies (JPEG), b"" where the pixels are shown
+    metadata: np.ndarray | None = None  # str (n,): a JSON object per item, "" for none
+
+    COLUMNS = ("item_ids", "labels", "images", "paths", "sources", "displays", "metadata")
+
+    def __post_init__(self) -> None:
+        if self.displays is None:
+            self.displays = object_array([b""] * len(self.item_ids))
+        if self.metadata is None:
+            self.metadata = np.full(len(self.item_ids), "", dtype="<U1")
 
     def __len__(self) -> int:
         return len(self.item_ids)
 
     def subset(self, rows: np.ndarray) -> "CatalogItems":
         """The items at `rows` (indices or a boolean mask)."""
-        return CatalogItems(self.item_ids[rows], self.labels[rows], self.images[rows], self.paths[rows],
-                            self.sources[rows])
+        return CatalogItems(*(getattr(self, column)[rows] for column in self.COLUMNS))
 
     @classmethod
     def concatenate(cls, parts: list["CatalogItems"]) -> "CatalogItems":
-        return cls(*(np.concatenate([getattr(part, column) for part in parts])
-                     for column in ("item_ids", "labels", "images", "paths", "sources")))
+        return cls(*(np.concatenate([getattr(part, column) for part in parts]) for column in cls.COLUMNS))
+
+    @property
+    def trainable(self) -> np.ndarray:
+        """Mask of the items training may use: labelled, and not a folder's held-out evaluation query."""
+        return (self.labels >= 0) & (self.sources != HELD_OUT_SOURCE)
+
+    @property
+    def evaluation_index(self) -> np.ndarray:
+        """Mask of the items an evaluation searches: all but the held-out queries themselves."""
+        return self.sources != HELD_OUT_SOURCE
+
+    def item_metadata(self, row: int) -> dict:
+        """The metadata of the item at `row` (sku, title, url... as the dataset gave them)."""
+        text = str(self.metadata[row])
+        return json.loads(text) if text else {}
+
+
+def object_array(values: list) -> np.ndarray:
+    """A 1-D object array of `values` as they are (np.array would unpack bytes-like buffers)."""
+    array = np.empty(len(values), dtype=object)
+    for row, value in enumerate(values):
+        array[row] = value
+    return array
 
 
 class CatalogError(UserError, RuntimeError):
@@ -80,6 +119,10 @@ def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=FULL")
         connection.executescript(SCHEMA)
+        present = {row[1] for row in connection.execute("PRAGMA table_info(items)")}
+        for column, definition in ADDED_COLUMNS.items():  # a catalogue made before these columns existed
+            if column not in present:
+                connection.execute(f"ALTER TABLE items ADD COLUMN {column} {definition}")
     except BaseException:
         connection.close()  # e.g. a full disk: no open file left behind on it
         raise
@@ -87,8 +130,14 @@ def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
 
 
 class Catalog:
-    def __init__(self, path: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S):
+    """The catalogue at `path`. Loading items needs `dataset` (the one the flow works with): it says
+    their pixel shape, and how to re-derive an item's input from its display copy when the catalogue
+    holds it at another side (the run that changes --image-size stores the new inputs once it publishes)."""
+
+    def __init__(self, path: Path, dataset: DatasetDescription | None = None,
+                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S):
         self.path = Path(path)
+        self.dataset = dataset
         self.busy_timeout_s = busy_timeout_s
 
     @contextmanager
@@ -164,36 +213,59 @@ class Catalog:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._open() as db, db:
             db.executemany(
-                "INSERT INTO items (item_id, content_hash, label, source, path, pixels, release_id, added_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(int(item_id), content_hash(pixels), int(label), str(source), str(path),
-                  np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), release_id, now)
-                 for item_id, label, pixels, path, source in zip(items.item_ids, items.labels, items.images,
-                                                                 items.paths, items.sources)],
+                "INSERT INTO items (item_id, content_hash, label, source, path, pixels, release_id, added_at,"
+                " display, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(int(item_id), content_hash(pixels, bytes(display)), int(label), str(source), str(path),
+                  np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), release_id, now, bytes(display),
+                  str(metadata))
+                 for item_id, label, pixels, path, source, display, metadata in zip(
+                     items.item_ids, items.labels, items.images, items.paths, items.sources, items.displays,
+                     items.metadata)],
             )
+
+    def store_inputs(self, items: CatalogItems) -> int:
+        """Keep `items`' network inputs where the catalogue holds them at another size (a run at another
+        image side, once its release is published). Returns how many rows changed."""
+        size = int(np.prod(items.images.shape[1:]))
+        with self._open() as db, db:
+            return sum(db.execute("UPDATE items SET pixels = ? WHERE item_id = ? AND length(pixels) != ?",
+                                  (np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), int(item_id), size)).rowcount
+                       for item_id, pixels in zip(items.item_ids, items.images))
 
     def load(self) -> CatalogItems:
         """Every catalogued item, by id."""
         return self._select("", ())
 
     def _select(self, where: str, params: tuple) -> CatalogItems:
+        """Items as stored, with inputs of another size re-derived from their display copies."""
+        if self.dataset is None:
+            raise ValueError("Catalog needs the dataset to load items")
+        shape = self.dataset.pixel_shape
+        size = int(np.prod(shape))
         with self._open() as db:
             rows = db.execute(
-                f"SELECT item_id, label, pixels, path, source FROM items {where} ORDER BY item_id", params
-            ).fetchall()
+                f"SELECT item_id, label, pixels, path, source, display, metadata FROM items {where} ORDER BY item_id",
+                params).fetchall()
+
+        def pixels(stored: bytes, display: bytes) -> bytes:
+            if len(stored) == size or not display:
+                return stored
+            return input_from_display(display, self.dataset).tobytes()
+
         return CatalogItems(
             item_ids=np.array([r[0] for r in rows], dtype=np.int64),
             labels=np.array([r[1] for r in rows], dtype=np.int16),
-            images=np.frombuffer(b"".join(r[2] for r in rows), dtype=np.uint8).reshape(
-                len(rows), IMAGE_SIDE, IMAGE_SIDE
-            ),
+            images=np.frombuffer(b"".join(pixels(r[2], r[5]) for r in rows), dtype=np.uint8).reshape(len(rows), *shape),
             paths=np.array([r[3] for r in rows], dtype=str),
             sources=np.array([r[4] for r in rows], dtype=str),
+            displays=object_array([bytes(r[5]) for r in rows]),
+            metadata=np.array([r[6] for r in rows], dtype=str),
         )
 
     def load_labelled_after(self, item_id: int) -> CatalogItems:
-        """Labelled items with ids above `item_id`: what a model trained up to that id has not seen."""
-        return self._select("WHERE label >= 0 AND item_id > ?", (int(item_id),))
+        """Items training may use (CatalogItems.trainable) with ids above `item_id`: what a model trained up
+        to that id has not seen."""
+        return self._select("WHERE label >= 0 AND source != ? AND item_id > ?", (HELD_OUT_SOURCE, int(item_id)))
 
     def forget_unpublished(self, published_release_ids: set[str]) -> int:
         """Delete rows written for releases that never got published (a crashed run). Returns count."""

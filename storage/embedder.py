@@ -36,7 +36,7 @@ def compile_model(model) -> bytes:
 
 
 class Embedder:
-    """uint8 images (n, side, side[, 1]) -> float32 unit embeddings (n, d). Thread-safe: the page
+    """uint8 images (n, side, side[, channels]) -> float32 unit embeddings (n, d). Thread-safe: the page
     shares one per release between sessions, and an interpreter runs one call at a time."""
 
     def __init__(self, flatbuffer: bytes, mirror_average: bool = False):
@@ -48,11 +48,9 @@ class Embedder:
         with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             self._single = Interpreter(model_content=flatbuffer, num_threads=threads)
             self._batch = Interpreter(model_content=flatbuffer, num_threads=threads)
-            shape = self._single.get_input_details()[0]["shape"]
-            self.side = int(shape[1])
+            self.input_shape = tuple(int(n) for n in self._single.get_input_details()[0]["shape"][1:])
             self._single.allocate_tensors()
-            self._batch.resize_tensor_input(self._batch.get_input_details()[0]["index"],
-                                            [CHUNK, self.side, self.side, 1])
+            self._batch.resize_tensor_input(self._batch.get_input_details()[0]["index"], [CHUNK, *self.input_shape])
             self._batch.allocate_tensors()
         output = self._single.get_output_details()[0]
         self.width = int(output["shape"][-1])
@@ -69,7 +67,7 @@ class Embedder:
         return interpreter.get_tensor(self._output).copy()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = np.asarray(images).reshape(len(images), self.side, self.side, 1)
+        images = np.asarray(images).reshape(len(images), *self.input_shape)
         vectors = self._embed(images)
         if not self.mirror_average or len(images) == 0:
             return vectors

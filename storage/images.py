@@ -1,7 +1,11 @@
 """One function that turns any accepted image into the dataset's conventions.
 
 Fashion-MNIST items are 28x28 grayscale, a light garment on a black background, centred, the longer
-side filling the frame. Search, the page's upload and the drop folder all go through
+side filling the frame. Photos (a labelled folder of a shop's own pictures) keep their colour: the
+picture, upright, at most DISPLAY_SIDE pixels on its longer side, is the item's display copy (kept as a
+JPEG); the network's input is that picture padded to a square with the median colour of its border (so
+the padding continues the floor or backdrop it was shot on, not a black bar) and scaled to the
+dataset's side. Search, the page's upload, the folder source and the drop folder all go through
 `normalise_image`, so an item is stored exactly as a query of the same file is searched.
 """
 
@@ -10,22 +14,23 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from storage.dataset import FASHION_MNIST
+from storage.dataset import FASHION_MNIST, PHOTO, DatasetDescription
 from storage.errors import UserError
 from storage.files import read_regular_file
 
-IMAGE_SIDE = FASHION_MNIST.side
 MULTI_PICTURE_JPEG = "MPO"  # what phones and cameras save: a JPEG whose first picture is the photo
 ACCEPTED_FORMATS = ("PNG", "JPEG", MULTI_PICTURE_JPEG)
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000  # 40 megapixels: any phone photo, far below a decompression bomb
 MIN_SIDE = 8  # fewer pixels than this on a side cannot show a garment; upscaling it only makes a blob
 WORKING_SIDE = 1024  # larger images are box-averaged down first: the result is 28x28 anyway, memory stays flat
+DISPLAY_QUALITY = 90  # JPEG quality of display copies
 BACKGROUND_MARGIN = 24  # grey levels above the background that count as "object" when cropping
 
 
@@ -35,17 +40,30 @@ class ImageRejected(UserError, ValueError):
 
 @dataclass(frozen=True)
 class NormalisedImage:
-    pixels: np.ndarray  # (IMAGE_SIDE, IMAGE_SIDE) uint8, light object on black
-    content_hash: str  # sha256 of the normalised pixels: equal hashes mean the model sees the same item
+    pixels: np.ndarray  # the dataset's pixel_shape, uint8: what the network sees
     source_format: str
     source_size: tuple[int, int]
+    picture: np.ndarray | None = field(default=None, repr=False)  # photos: the upright RGB display picture
+
+    @cached_property
+    def display(self) -> bytes:
+        """The display copy kept in the catalogue (JPEG); empty when the pixels are what is shown."""
+        return b"" if self.picture is None else encode_display(self.picture)
+
+    @cached_property
+    def content_hash(self) -> str:
+        """Equal hashes mean the same item: of the display copy for photos, else of the pixels."""
+        return content_hash(self.pixels, self.display)
 
 
-def content_hash(pixels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
+def content_hash(pixels: np.ndarray, display: bytes = b"") -> str:
+    """sha256 of an item's display copy when it has one (independent of the network's input side), else
+    of its normalised pixels."""
+    data = display or np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+    return hashlib.sha256(data).hexdigest()
 
 
-def _open_checked(data: bytes) -> Image.Image:
+def _open_checked(data: bytes, draft_side: int = 0) -> Image.Image:
     if len(data) == 0:
         raise ImageRejected("empty file (0 bytes)")
     if len(data) > MAX_FILE_BYTES:
@@ -77,6 +95,8 @@ def _open_checked(data: bytes) -> Image.Image:
         image.seek(0)  # the later pictures are depth maps, previews or a stereo twin of the first
     elif getattr(image, "n_frames", 1) > 1:
         raise ImageRejected(f"animated {image.format} with {image.n_frames} frames; use a still image")
+    if draft_side and image.format in ("JPEG", MULTI_PICTURE_JPEG):
+        image.draft("RGB", (draft_side, draft_side))  # decode at 1/2, 1/4 or 1/8 scale when that is still larger
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as error:
@@ -129,8 +149,8 @@ def _to_grayscale(image: Image.Image) -> np.ndarray:
     return np.asarray(_shrink(image.convert("L")), dtype=np.float64)
 
 
-def _dataset_conventions(gray: np.ndarray) -> np.ndarray:
-    """Light object on black, cropped to the object, padded square (aspect kept), 28x28."""
+def _dataset_conventions(gray: np.ndarray, side: int) -> np.ndarray:
+    """Light object on black, cropped to the object, padded square (aspect kept), side x side (28)."""
     border = np.concatenate([gray[0, :], gray[-1, :], gray[:, 0], gray[:, -1]])
     if np.median(border) > 127:
         gray = 255.0 - gray
@@ -144,22 +164,62 @@ def _dataset_conventions(gray: np.ndarray) -> np.ndarray:
         raise ImageRejected("no object found: the image is a single flat colour")
     gray = gray[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
     height, width = gray.shape
-    side = max(height, width)
-    square = np.zeros((side, side), dtype=np.float64)
-    top, left = (side - height) // 2, (side - width) // 2
+    square_side = max(height, width)
+    square = np.zeros((square_side, square_side), dtype=np.float64)
+    top, left = (square_side - height) // 2, (square_side - width) // 2
     square[top: top + height, left: left + width] = gray
-    resized = Image.fromarray(square.astype(np.uint8), mode="L").resize(
-        (IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS
-    )
+    resized = Image.fromarray(square.astype(np.uint8), mode="L").resize((side, side), Image.Resampling.LANCZOS)
     return np.asarray(resized, dtype=np.uint8)
 
 
-def normalise_image(data: bytes) -> NormalisedImage:
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """The picture upright in RGB; transparency becomes white, 16-bit grey is scaled to 8 bits."""
+    image = _upright(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return Image.fromarray(_to_grayscale(image).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image.convert("RGB")
+
+
+def display_picture(image: Image.Image, display_side: int) -> np.ndarray:
+    """The upright RGB picture, shrunk to at most `display_side` pixels on its longer side."""
+    image = _to_rgb(image)
+    image.thumbnail((display_side, display_side), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def photo_input(picture: np.ndarray, side: int) -> np.ndarray:
+    """The network's input for a photo: padded to a square with the median colour of its border, then
+    scaled to side x side (RGB uint8)."""
+    height, width = picture.shape[:2]
+    border = np.concatenate([picture[0], picture[-1], picture[:, 0], picture[:, -1]])
+    square_side = max(height, width)
+    square = np.empty((square_side, square_side, 3), np.uint8)
+    square[:] = np.median(border, axis=0).astype(np.uint8)
+    top, left = (square_side - height) // 2, (square_side - width) // 2
+    square[top: top + height, left: left + width] = picture
+    return np.asarray(Image.fromarray(square).resize((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0))
+
+
+def encode_display(picture: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", quality=DISPLAY_QUALITY)
+    return buffer.getvalue()
+
+
+def input_from_display(display: bytes, dataset: DatasetDescription) -> np.ndarray:
+    """A catalogued photo's network input re-derived from its display copy (a run at another side)."""
+    return photo_input(np.asarray(Image.open(io.BytesIO(display)).convert("RGB")), dataset.side)
+
+
+def normalise_image(data: bytes, dataset: DatasetDescription = FASHION_MNIST) -> NormalisedImage:
     """Validate and normalise an encoded PNG/JPEG. Raises ImageRejected with the reason, and nothing else:
     whatever a damaged file makes PIL raise (fuzzing found TypeError and struct.error from malformed
     EXIF, for example) is that file's rejection, never a failed run or a traceback on the page."""
     try:
-        return _normalise(data)
+        return _normalise(data, dataset)
     except ImageRejected:
         raise
     except MemoryError:
@@ -169,36 +229,47 @@ def normalise_image(data: bytes) -> NormalisedImage:
         raise ImageRejected(f"image data is damaged or cannot be decoded ({type(error).__name__}: {detail})") from None
 
 
-def _normalise(data: bytes) -> NormalisedImage:
+def _normalise(data: bytes, dataset: DatasetDescription) -> NormalisedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = _open_checked(data)
+            image = _open_checked(data, dataset.display_side)
         except Image.DecompressionBombWarning as error:
             raise _too_many_pixels(error) from None
     fmt, size = image.format, image.size
-    if size == (IMAGE_SIDE, IMAGE_SIDE) and image.mode == "L":
+    if dataset.conventions == PHOTO:
+        picture = display_picture(image, dataset.display_side)
+        return NormalisedImage(photo_input(picture, dataset.side), fmt, size, picture)
+    if size == (dataset.side, dataset.side) and image.mode == "L":
         already = np.asarray(image, dtype=np.uint8)
         border = np.concatenate([already[0], already[-1], already[:, 0], already[:, -1]])
         if np.median(border) < 32:  # already in the dataset's conventions: keep it bit-exact
-            return NormalisedImage(already.copy(), content_hash(already), fmt, size)
-    pixels = _dataset_conventions(_to_grayscale(image))
-    return NormalisedImage(pixels, content_hash(pixels), fmt, size)
+            return NormalisedImage(already.copy(), fmt, size)
+    return NormalisedImage(_dataset_conventions(_to_grayscale(image), dataset.side), fmt, size)
 
 
-def normalise_file(path) -> NormalisedImage:
+def normalise_file(path, dataset: DatasetDescription = FASHION_MNIST) -> NormalisedImage:
     """normalise_image of a file, read without blocking and at most MAX_FILE_BYTES + 1 bytes of it; a
     file that cannot be read (missing, a FIFO, no permission) is rejected like a bad image."""
     try:
         data, _ = read_regular_file(path, MAX_FILE_BYTES + 1)
     except OSError as error:
         raise ImageRejected(f"cannot be read ({error.strerror or error})") from None
-    return normalise_image(data)
+    return normalise_image(data, dataset)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
+    """Normalised pixels (grey (side, side) or RGB (side, side, 3)) as a PNG file."""
+    pixels = np.asarray(pixels, dtype=np.uint8)
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(pixels, dtype=np.uint8).reshape(IMAGE_SIDE, IMAGE_SIDE), mode="L").save(
-        buffer, format="PNG"
-    )
+    Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def shown_picture(pixels: np.ndarray, display: bytes) -> np.ndarray:
+    """What the page shows for an item: its display copy decoded, else its normalised pixels."""
+    if display:
+        return np.asarray(Image.open(io.BytesIO(display)).convert("RGB"))
+    return np.asarray(pixels, dtype=np.uint8)

@@ -39,13 +39,13 @@ import numpy as np
 
 from storage.atomic import atomic_write_text, fsync_dir, fsync_file, leftover_temp_files
 from storage.catalog import Catalog, CatalogItems
+from storage.dataset import FASHION_MNIST, DatasetDescription
 from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
 from storage.errors import UserError
 from storage.files import NotRegularFileError, read_regular_file
 from storage.home import REASON_SUFFIX, DataHome
-from storage.labels import label_name
-from storage.search_index import (SEGMENT_ARRAYS, SegmentedIndex, load_segments, read_segment, segment_size,
-                                  write_segment)
+from storage.search_index import (SEGMENT_ARRAYS, SegmentedIndex, blob_files, load_segments, read_segment,
+                                  segment_size, write_segment)
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
@@ -96,11 +96,12 @@ class ReleaseManifest:
     parent: str | None
     num_items: int
     model: dict[str, Any]  # ModelRecord.as_dict(), or the parent's for a re-index (same network)
+    dataset: DatasetDescription  # what its items are: shape, channels, class names, conventions
     details: dict[str, Any] = field(default_factory=dict)  # what the kind adds: training history, counts
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.details, "kind": self.kind, "parent": self.parent, "num_items": int(self.num_items),
-                "model": self.model}
+                "model": self.model, "dataset": self.dataset.as_dict()}
 
 
 class ReleaseError(UserError, RuntimeError):
@@ -165,6 +166,7 @@ def read_manifest(home: DataHome, release_id: str) -> dict[str, Any]:
     # everything load_release opens must be a listed (so size-checked, inside-the-release) file
     needed = [MODEL_FILE, *(f"segments/{name}/{array}.npy" for name in manifest["segments"]
                             for array in SEGMENT_ARRAYS)]
+    needed += [blob for name in manifest["segments"] for blob in blob_files(name) if (path / blob).exists()]
     unlisted = [relative for relative in needed if relative not in manifest["files"]]
     if unlisted:
         raise ReleaseError(f"release {release_id} is damaged: its manifest does not list {unlisted[0]}")
@@ -197,10 +199,12 @@ class Neighbour:
     distance: float
     path: str
     rank: int
+    metadata: dict[str, Any] = field(default_factory=dict)  # sku, title, url... when the dataset gave them
 
     def as_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "item_id": self.item_id, "label": self.label,
-                "label_name": self.label_name, "distance": round(self.distance, 6), "path": self.path}
+        found = {"rank": self.rank, "item_id": self.item_id, "label": self.label, "label_name": self.label_name,
+                 "distance": round(self.distance, 6), "path": self.path}
+        return {**found, "metadata": self.metadata} if self.metadata else found
 
 
 @dataclass
@@ -216,6 +220,12 @@ class Release:
     index: SegmentedIndex = field(repr=False)
     _embed_fn: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
+
+    @property
+    def dataset(self) -> DatasetDescription:
+        """What this release's items are (releases from before manifests recorded it: Fashion-MNIST)."""
+        recorded = self.manifest.get("dataset")
+        return DatasetDescription.from_dict(recorded) if recorded else FASHION_MNIST
 
     @property
     def no_match_distance(self) -> float | None:
@@ -245,7 +255,7 @@ class Release:
         self._model = tf.keras.models.load_model(self.path / MODEL_FILE, compile=False, safe_mode=True)
 
     def embed(self, images: np.ndarray) -> np.ndarray:
-        """Embed uint8 images (n, side, side) or (n, side, side, 1) with this release's model."""
+        """Embed uint8 images (n, *dataset.pixel_shape) with this release's model."""
         if self._embed_fn is None:
             compiled = self.path / EMBEDDER_FILE
             # releases published before the compiled embedder existed compile their model on load
@@ -263,7 +273,7 @@ class Release:
         """Nearest catalogue items for each normalised image, closest first."""
         distances, rows = self.nearest(self.embed(images), k)
         return SearchResults(rows, self.items.item_ids[rows], self.items.labels[rows], distances,
-                             self.items.paths[rows])
+                             self.items.paths[rows], self.items.metadata[rows], self.dataset)
 
 
 @dataclass(frozen=True)
@@ -277,6 +287,8 @@ class SearchResults(Sequence):
     labels: np.ndarray
     distances: np.ndarray
     paths: np.ndarray
+    metadata: np.ndarray  # JSON text per neighbour ("" for none)
+    dataset: DatasetDescription  # names the labels
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -284,10 +296,12 @@ class SearchResults(Sequence):
     def __getitem__(self, query: int) -> list[Neighbour]:  # type: ignore[override]
         if not -len(self) <= query < len(self):
             raise IndexError(query)
-        return [Neighbour(item_id=int(item_id), label=int(label), label_name=label_name(int(label)),
-                          distance=float(distance), path=str(path), rank=rank + 1)
-                for rank, (item_id, label, distance, path) in enumerate(zip(
-                    self.item_ids[query], self.labels[query], self.distances[query], self.paths[query]))]
+        return [Neighbour(item_id=int(item_id), label=int(label), label_name=self.dataset.label_name(int(label)),
+                          distance=float(distance), path=str(path), rank=rank + 1,
+                          metadata=json.loads(str(text)) if text else {})
+                for rank, (item_id, label, distance, path, text) in enumerate(zip(
+                    self.item_ids[query], self.labels[query], self.distances[query], self.paths[query],
+                    self.metadata[query]))]
 
 
 def load_release(home: DataHome, release_id: str | None = None) -> Release:

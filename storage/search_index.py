@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.catalog import CatalogItems
+from storage.catalog import CatalogItems, object_array
 from storage.runtime import usable_cpus
 
 # segments of at least this many items get a graph: beside a 60,000-item graph, one query searched
@@ -29,6 +29,9 @@ from storage.runtime import usable_cpus
 ANN_MIN_ITEMS = 1_000
 HNSW_FILE = "hnsw.bin"
 SEGMENT_ARRAYS = ("embeddings", "item_ids", "labels", "images", "paths", "sources")  # <name>.npy each
+# variable-length bytes per item, as <name>_bytes.npy (all of them, concatenated) + <name>_ends.npy (int64
+# end offsets): display copies (JPEG) and metadata (UTF-8 JSON). Releases from before they existed lack them.
+SEGMENT_BLOBS = ("displays", "metadata")
 # ef_search 32: 10,000 queries in 0.31 s with recall@10 0.989 vs exact on the real data (ef 48: 0.43 s, 0.995)
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 32
 # queries per score matrix in exact search, chunks shared between the cores: 10,000 x 60,000 in 3.6 s
@@ -158,8 +161,32 @@ def write_segment(folder: Path, items: CatalogItems, embeddings: np.ndarray) -> 
               "images": items.images, "paths": items.paths.astype(str), "sources": items.sources.astype(str)}
     for key, value in arrays.items():
         np.save(folder / f"{key}.npy", value, allow_pickle=False)
+    _save_blobs(folder, "displays", [bytes(display) for display in items.displays])
+    _save_blobs(folder, "metadata", [str(text).encode() for text in items.metadata])
     if len(items) >= ANN_MIN_ITEMS:
         build_hnsw(arrays["embeddings"], folder / HNSW_FILE)
+
+
+def _save_blobs(folder: Path, name: str, blobs: list[bytes]) -> None:
+    ends = np.cumsum([len(blob) for blob in blobs], dtype=np.int64)
+    np.save(folder / f"{name}_bytes.npy", np.frombuffer(b"".join(blobs), np.uint8), allow_pickle=False)
+    np.save(folder / f"{name}_ends.npy", ends, allow_pickle=False)
+
+
+def _load_blobs(folder: Path, name: str, count: int) -> list[memoryview]:
+    """The blobs as views of the memory-mapped file (a release's display copies are not read into
+    memory until shown); empty ones for a segment written before it had them."""
+    if not (folder / f"{name}_ends.npy").exists():
+        return [memoryview(b"")] * count
+    data = np.load(folder / f"{name}_bytes.npy", mmap_mode="r", allow_pickle=False)
+    ends = np.load(folder / f"{name}_ends.npy", allow_pickle=False)
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    return [memoryview(data[start:end]) for start, end in zip(starts, ends)]
+
+
+def blob_files(segment: str) -> list[str]:
+    """The blob files of a segment, relative to its release, that a release must list when it has them."""
+    return [f"segments/{segment}/{name}_{part}.npy" for name in SEGMENT_BLOBS for part in ("bytes", "ends")]
 
 
 def has_graph(folder: Path) -> bool:
@@ -173,8 +200,11 @@ def segment_size(folder: Path) -> int:
 def read_segment(folder: Path) -> tuple[CatalogItems, np.ndarray]:
     """A segment's items and embeddings (float32)."""
     arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in SEGMENT_ARRAYS}
+    count = len(arrays["item_ids"])
+    displays = object_array(_load_blobs(folder, "displays", count))
+    metadata = np.array([bytes(text).decode() for text in _load_blobs(folder, "metadata", count)], dtype=str)
     items = CatalogItems(item_ids=arrays["item_ids"], labels=arrays["labels"], images=arrays["images"],
-                         paths=arrays["paths"], sources=arrays["sources"])
+                         paths=arrays["paths"], sources=arrays["sources"], displays=displays, metadata=metadata)
     return items, np.ascontiguousarray(arrays["embeddings"], np.float32)
 
 

@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from storage.catalog import Catalog
+from storage.dataset import DatasetDescription, home_dataset
 from storage.errors import UserError
 from storage.files import unescape_name
 from storage.home import DataHome
@@ -51,6 +52,7 @@ class WriterSession:
     home: DataHome
     catalog: Catalog
     live: Release | None  # None only where the flow allows it (a first pipeline run)
+    dataset: DatasetDescription  # what the flow works with: the catalogue loads its items in this shape
     recovery: Recovery = field(default_factory=Recovery)  # what was undone or rebuilt; false when nothing
 
     @property
@@ -73,7 +75,7 @@ def finish_processed_moves(home: DataHome, catalog: Catalog, live: Release | Non
         if target.exists() or not source.is_file() or source.is_symlink():
             continue
         try:
-            if normalise_file(source).content_hash != digest:
+            if normalise_file(source, live.dataset).content_hash != digest:
                 continue
         except ImageRejected:
             continue
@@ -97,10 +99,12 @@ def restore_catalog(catalog: Catalog, live: Release | None) -> int:
 
 @contextmanager
 def writer_session(home: DataHome, holder: str, timeout_s: float | None = None, require_live: bool = True,
-                   log: logging.Logger | logging.LoggerAdapter | None = None) -> Iterator[WriterSession]:
+                   log: logging.Logger | logging.LoggerAdapter | None = None,
+                   dataset: DatasetDescription | None = None) -> Iterator[WriterSession]:
     """The writer lock, recovery (told to `log` as a warning when anything was needed), the live release
-    (NoReleaseError if `require_live` and none) and a catalogue that covers it; a full disk inside
-    becomes StoreFullError."""
+    (NoReleaseError if `require_live` and none) and a catalogue that covers it, loading items as
+    `dataset` (default: the live release's, else the home's) says; a full disk inside becomes
+    StoreFullError."""
     with writer_lock(home, timeout_s=timeout_s, holder=holder):
         try:
             recovered = recover(home)
@@ -110,13 +114,14 @@ def writer_session(home: DataHome, holder: str, timeout_s: float | None = None, 
                 if require_live:
                     raise
                 live = None
-            catalog = Catalog(home.catalog)
+            dataset = dataset or (live.dataset if live else home_dataset(home.root))
+            catalog = Catalog(home.catalog, dataset)
             restored = restore_catalog(catalog, live)
             moved = finish_processed_moves(home, catalog, live)
             recovery = replace(recovered, restored_catalog_rows=restored, moved_to_processed=moved)
             if recovery and log is not None:
                 log.warning("recovered from an interrupted run: %s", recovery)
-            yield WriterSession(home, catalog, live, recovery)
+            yield WriterSession(home, catalog, live, dataset, recovery)
         except Exception as error:
             if is_out_of_space(error):
                 raise StoreFullError(

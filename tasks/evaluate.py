@@ -17,8 +17,8 @@ from typing import Any, Callable
 import numpy as np
 from prefect.artifacts import create_markdown_artifact
 
-from storage.labels import CLASS_NAMES, NUM_CLASSES
 from storage.catalog import CatalogItems
+from storage.dataset import DatasetDescription
 from storage.releases import RETRIEVAL_METRICS
 from storage.search_index import exact_knn
 from tasks.logs import step_logger
@@ -44,19 +44,20 @@ class GateDecision:
 
 
 def retrieval_metrics(query_emb: np.ndarray, query_labels: np.ndarray, index_emb: np.ndarray,
-                      index_labels: np.ndarray, k_max: int = 10) -> dict:
+                      index_labels: np.ndarray, class_names: tuple[str, ...], k_max: int = 10) -> dict:
     distances, rows = exact_knn(query_emb, index_emb, k_max)
     neighbour_labels = np.asarray(index_labels)[rows]
     relevant = neighbour_labels == np.asarray(query_labels)[:, None]
     precision_at = np.cumsum(relevant, axis=1) / np.arange(1, relevant.shape[1] + 1)
     nearest_ok = relevant[:, 0]
     query_labels = np.asarray(query_labels)
-    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    num_classes = len(class_names)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     nearest = neighbour_labels[:, 0]
-    known = (nearest >= 0) & (nearest < NUM_CLASSES)
+    known = (nearest >= 0) & (nearest < num_classes)
     np.add.at(confusion, (query_labels[known], nearest[known]), 1)
-    per_class = {CLASS_NAMES[c]: float(nearest_ok[query_labels == c].mean())
-                 for c in range(NUM_CLASSES) if (query_labels == c).any()}
+    per_class = {class_names[c]: float(nearest_ok[query_labels == c].mean())
+                 for c in range(num_classes) if (query_labels == c).any()}
     matched = distances[nearest_ok, 0]
     return {
         "queries": int(len(query_labels)),
@@ -76,14 +77,14 @@ def pixel_vectors(images: np.ndarray) -> np.ndarray:
 
 
 def evaluate_release(embed: Callable[[np.ndarray], np.ndarray], query_images, query_labels, index_emb: np.ndarray,
-                     items: CatalogItems) -> dict:
+                     items: CatalogItems, dataset: DatasetDescription) -> dict:
     """Embed the test queries with `embed` (the Embedder that embedded the index), measure retrieval
     against the index, and the raw-pixel cosine kNN baseline over the same items beside it."""
     log = step_logger()
     query_emb = embed(query_images)
-    metrics = retrieval_metrics(query_emb, query_labels, index_emb, items.labels)
+    metrics = retrieval_metrics(query_emb, query_labels, index_emb, items.labels, dataset.class_names)
     baseline = retrieval_metrics(pixel_vectors(query_images), query_labels, pixel_vectors(items.images),
-                                 items.labels)
+                                 items.labels, dataset.class_names)
     metrics["baseline_raw_pixels"] = {k: baseline[k] for k in RETRIEVAL_METRICS if k in baseline}
     metrics["gain_over_baseline_precision@1"] = metrics["precision@1"] - baseline["precision@1"]
     log.info("evaluate: precision@1 %.4f (raw pixels %.4f), recall@5 %.4f, MAP@10 %.4f",

@@ -1,6 +1,9 @@
-"""export: a class-balanced subset of test images to gallery/<class>/test-<index>.png.
+"""export: a class-balanced subset of the query images to gallery/<class>/test-<index>.png (.jpg: a
+photo's display copy).
 
-The page shows these as pickable queries; gallery/index.json lists them (written atomically last).
+The page shows these as pickable queries; gallery/index.json lists them (written atomically last),
+with the item id of those that are catalogued too (a folder's held-out images), so the page can leave
+the query itself out of its neighbours.
 """
 
 from __future__ import annotations
@@ -13,31 +16,38 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.atomic import atomic_write_bytes, atomic_write_text
+from storage.dataset import DatasetDescription
 from storage.home import GALLERY_INDEX
 from storage.images import encode_png
-from storage.labels import CLASS_SLUGS
 from tasks.logs import step_logger
 from tasks.sample import balanced_indices
 
 
 
-def export_gallery(test_images: np.ndarray, test_labels: np.ndarray, gallery_dir: Path,
-                   gallery_size: int, seed: int) -> list[dict]:
+def export_gallery(test_images: np.ndarray, test_labels: np.ndarray, gallery_dir: Path, gallery_size: int, seed: int,
+                   dataset: DatasetDescription, displays: list[bytes] | None = None,
+                   item_ids: list[int | None] | None = None) -> list[dict]:
     log = step_logger()
     gallery_dir = Path(gallery_dir)
     entries = []
     for index in balanced_indices(test_labels, gallery_size, seed):
         label = int(test_labels[index])
-        relative = f"{CLASS_SLUGS[label]}/test-{index:05d}.png"
+        display = displays[index] if displays else b""
+        relative = f"{dataset.class_slugs[label]}/test-{index:05d}.{'jpg' if display else 'png'}"
         target = gallery_dir / relative
         if not target.exists():
-            atomic_write_bytes(target, encode_png(test_images[index]))
-        entries.append({"path": relative, "label": label, "test_index": int(index)})
+            atomic_write_bytes(target, display or encode_png(test_images[index]))
+        entry = {"path": relative, "label": label, "test_index": int(index)}
+        if item_ids and item_ids[index] is not None:
+            entry["item_id"] = int(item_ids[index])
+        entries.append(entry)
     atomic_write_text(gallery_dir / GALLERY_INDEX, json.dumps(entries))
     log.info("export: %d gallery images in %s", len(entries), gallery_dir)
     return entries
 
 
 @task(name="export", cache_policy=NO_CACHE)
-def export_task(test_images, test_labels, gallery_dir: Path, gallery_size: int, seed: int) -> list[dict]:
-    return export_gallery(test_images, test_labels, gallery_dir, gallery_size, seed)
+def export_task(test_images, test_labels, gallery_dir: Path, gallery_size: int, seed: int,
+                dataset: DatasetDescription, displays: list[bytes] | None = None,
+                item_ids: list[int | None] | None = None) -> list[dict]:
+    return export_gallery(test_images, test_labels, gallery_dir, gallery_size, seed, dataset, displays, item_ids)

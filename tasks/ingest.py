@@ -4,10 +4,14 @@ every file it settles to processed/ or rejected/.
 Drop-folder policy (the re-index flow and its tests follow exactly this):
 
 - incoming/<class>/<file>.png|.jpg|.jpeg (extension case-insensitive) is a labelled item; <class> is
-  read by storage.labels.parse_class_folder (index 0-9, slug such as "ankle-boot", or an alias).
-  incoming/<file>.png|.jpg|.jpeg is an unlabelled item (label -1).
-- Validation and normalisation go only through storage.images.normalise_image, the function search
-  uses, so an item is stored exactly as a query of the same file is searched. A file is opened
+  read by the live release's dataset (DatasetDescription.class_index: the class's index, its name as a
+  slug such as "ankle-boot" or "t-shirt", or an alias). An unknown <class> is rejected with the list
+  of names, unless new classes are allowed (`--allow-new-classes`, or `allow_new_classes` in the
+  home's dataset.json): then the folder's name becomes a new class, indexed at once and trained on
+  by the next retrain. incoming/<file>.png|.jpg|.jpeg is an unlabelled item (label -1).
+- Validation and normalisation go only through storage.images.normalise_image with the live
+  release's dataset, the function search uses, so an item is stored exactly as a query of the same
+  file is searched. A file is opened
   without blocking and without following links, its type checked on the open descriptor (a FIFO
   swapped in after the scan is rejected, never waited on), and at most MAX_FILE_BYTES + 1 bytes read.
 - One file never stops the run: whatever goes wrong while reading or normalising it (or listing a
@@ -51,13 +55,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.atomic import TEMP_NAME_EXTRA_BYTES, atomic_write_text
-from storage.catalog import DROP_SOURCE, Catalog, CatalogItems
+from storage.catalog import DROP_SOURCE, Catalog, CatalogItems, object_array
+from storage.dataset import UNLABELLED, DatasetDescription, slug
 from storage.files import (NAME_MAX_BYTES, escape_name, file_kind, name_bytes, read_regular_file,
                            shorten_name)
 from storage.home import REASON_SUFFIX
-from storage.images import MAX_FILE_BYTES, ImageRejected, normalise_image
+from storage.images import MAX_FILE_BYTES, ImageRejected, NormalisedImage, normalise_image
 from storage.session import is_out_of_space
-from storage.labels import CLASS_SLUGS, UNLABELLED, parse_class_folder
 from tasks.logs import step_logger
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -71,8 +75,7 @@ class AcceptedFile:
     relative: str  # posix path relative to incoming/
     item_id: int
     label: int
-    pixels: np.ndarray
-    content_hash: str
+    image: NormalisedImage
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class RejectedFile:
 class DropScan:
     """What one pass over incoming/ found; nothing has been moved yet."""
 
+    dataset: DatasetDescription | None = None  # the live one, with any new class the drops brought
     accepted: list[AcceptedFile] = field(default_factory=list)
     rejected: list[RejectedFile] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
@@ -106,14 +110,29 @@ class DropScan:
         accepted = self.accepted
         return CatalogItems(item_ids=np.array([a.item_id for a in accepted], dtype=np.int64),
                             labels=np.array([a.label for a in accepted], dtype=np.int16),
-                            images=np.stack([a.pixels for a in accepted]).astype(np.uint8),
+                            images=np.stack([a.image.pixels for a in accepted]).astype(np.uint8),
                             paths=np.array([f"{processed}/{escape_name(a.relative)}" for a in accepted], dtype=str),
-                            sources=np.full(len(accepted), DROP_SOURCE))
+                            sources=np.full(len(accepted), DROP_SOURCE),
+                            displays=object_array([a.image.display for a in accepted]))
 
 
-def class_folder_reason(folder: str) -> str:
-    return (f"folder '{escape_name(folder)}' is not a class name; use incoming/<class>/ with <class> one of "
-            f"{', '.join(CLASS_SLUGS)} or its index 0-9 (or put unlabelled images directly in incoming/)")
+class DropClasses:
+    """Reads a class folder's name as a label of `dataset`; adds it as a new class when allowed."""
+
+    def __init__(self, dataset: DatasetDescription, allow_new: bool):
+        self.dataset, self.allow_new = dataset, allow_new
+
+    def label(self, folder: str) -> int | None:
+        found = self.dataset.class_index(folder)
+        if found is None and self.allow_new and slug(folder) and not folder.strip().isdigit():
+            self.dataset = self.dataset.with_classes([folder.strip()])
+            found = self.dataset.num_classes - 1
+        return found
+
+    def reason(self, folder: str) -> str:
+        return (f"folder '{escape_name(folder)}' is not a class name; use incoming/<class>/ with <class> one of "
+                f"{', '.join(self.dataset.class_slugs)} or its index 0-{self.dataset.num_classes - 1} (or put "
+                "unlabelled images directly in incoming/; --allow-new-classes adds new ones)")
 
 
 def _waiting_reason(entry: os.DirEntry, now: float, settle_seconds: float) -> str | None:
@@ -143,7 +162,7 @@ def _kind(entry: os.DirEntry) -> str:
         return "something else"
 
 
-def _walk(incoming: Path, now: float, settle_seconds: float):
+def _walk(incoming: Path, now: float, settle_seconds: float, classes: DropClasses):
     """Yield (relative path, label, rejection reason, waiting reason) per entry, in sorted order:
     exactly one of label (a candidate image) / rejection reason / waiting reason is set."""
     def visit(folder: Path, prefix: str, depth: int, label: int | None, folder_reason: str | None):
@@ -169,9 +188,9 @@ def _walk(incoming: Path, now: float, settle_seconds: float):
                 reason = folder_reason
                 child_label = None
                 if depth == 0:
-                    child_label = parse_class_folder(entry.name)
+                    child_label = classes.label(entry.name)
                     if child_label is None:
-                        reason = class_folder_reason(entry.name)
+                        reason = classes.reason(entry.name)
                 elif reason is None:
                     reason = (f"nested too deep ({escape_name(relative)}/...): put images in incoming/<class>/ "
                               "or directly in incoming/")
@@ -189,15 +208,17 @@ def _walk(incoming: Path, now: float, settle_seconds: float):
     yield from visit(incoming, "", 0, None, None)
 
 
-def scan_drop_folder(incoming: Path, catalog: Catalog, first_item_id: int,
-                     settle_seconds: float = DEFAULT_SETTLE_SECONDS) -> DropScan:
-    """Classify every entry of incoming/ (see the module docstring); assign item ids from first_item_id."""
+def scan_drop_folder(incoming: Path, catalog: Catalog, first_item_id: int, dataset: DatasetDescription,
+                     settle_seconds: float = DEFAULT_SETTLE_SECONDS, allow_new_classes: bool = False) -> DropScan:
+    """Classify every entry of incoming/ (see the module docstring) as items of `dataset`; assign item
+    ids from first_item_id."""
     incoming = Path(incoming)
-    scan = DropScan()
+    scan = DropScan(dataset)
     if not incoming.is_dir():
         return scan
     candidates = []
-    for relative, label, reason, waiting in _walk(incoming, time.time(), settle_seconds):
+    classes = DropClasses(dataset, allow_new_classes or dataset.allow_new_classes)
+    for relative, label, reason, waiting in _walk(incoming, time.time(), settle_seconds, classes):
         if waiting:
             scan.waiting.append(relative)
             continue
@@ -215,7 +236,7 @@ def scan_drop_folder(incoming: Path, catalog: Catalog, first_item_id: int,
             scan.waiting.append(relative)
             continue
         try:
-            candidates.append((relative, label, normalise_image(data)))
+            candidates.append((relative, label, normalise_image(data, dataset)))
         except ImageRejected as error:
             scan.rejected.append(RejectedFile(relative, str(error)))
     known = catalog.find_hashes(image.content_hash for _, _, image in candidates)
@@ -225,8 +246,9 @@ def scan_drop_folder(incoming: Path, catalog: Catalog, first_item_id: int,
             scan.rejected.append(RejectedFile(relative, f"duplicate of catalogue item {known[image.content_hash]}"))
             continue
         known[image.content_hash] = next_id
-        scan.accepted.append(AcceptedFile(relative, next_id, label, image.pixels, image.content_hash))
+        scan.accepted.append(AcceptedFile(relative, next_id, label, image))
         next_id += 1
+    scan.dataset = classes.dataset
     return scan
 
 
@@ -327,10 +349,10 @@ def has_pending_files(incoming: Path) -> bool:
     return Path(incoming).is_dir() and pending(Path(incoming))
 
 
-def rejection_lines(scan: DropScan, limit: int = 50) -> list[str]:
-    lines = [f"- `{r.name}`: {r.reason}" for r in scan.rejected[:limit]]
-    if len(scan.rejected) > limit:
-        lines.append(f"- ... and {len(scan.rejected) - limit} more (see rejected/)")
+def rejection_lines(rejected: list[RejectedFile], limit: int = 50) -> list[str]:
+    lines = [f"- `{r.name}`: {r.reason}" for r in rejected[:limit]]
+    if len(rejected) > limit:
+        lines.append(f"- ... and {len(rejected) - limit} more")
     return lines
 
 
@@ -339,7 +361,7 @@ def reindex_report(scan: DropScan, release_id: str | None, reason: str, move_not
     lines = ["# Drop-folder re-index", "", reason, "", "| files | count |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in scan.counts().items()]
     if scan.rejected:
-        lines += ["", "## Rejected", "", *rejection_lines(scan)]
+        lines += ["", "## Rejected", "", *rejection_lines(scan.rejected)]
     if move_notes:
         lines += ["", "## Notes on rejected/", "", *move_notes]
     if release_id:
@@ -348,7 +370,8 @@ def reindex_report(scan: DropScan, release_id: str | None, reason: str, move_not
 
 
 @task(name="scan-drop-folder", cache_policy=NO_CACHE)
-def scan_task(incoming: Path, catalog: Catalog, first_item_id: int, settle_seconds: float) -> DropScan:
-    scan = scan_drop_folder(incoming, catalog, first_item_id, settle_seconds)
+def scan_task(incoming: Path, catalog: Catalog, first_item_id: int, dataset: DatasetDescription,
+              settle_seconds: float, allow_new_classes: bool = False) -> DropScan:
+    scan = scan_drop_folder(incoming, catalog, first_item_id, dataset, settle_seconds, allow_new_classes)
     step_logger().info("ingest: %s", scan.counts())
     return scan

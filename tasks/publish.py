@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.catalog import CatalogItems
+from storage.dataset import DatasetDescription, read_home_dataset, write_home_dataset
 from storage.home import DataHome
 from storage.releases import METRICS_FILE, ModelRecord, Release, ReleaseManifest, ReleaseWriter, complete_release_ids
 from storage.session import WriterSession
@@ -60,6 +61,7 @@ class Candidate:
     items: CatalogItems
     embeddings: np.ndarray
     config: dict[str, Any]  # tasks.train.TrainConfig.as_dict()
+    dataset: DatasetDescription  # what `items` are (shape, classes)
     trained_through_item_id: int
     history: dict[str, Any]
     warm_start_from: str | None = None
@@ -67,8 +69,8 @@ class Candidate:
 
     def manifest(self, release_id: str, parent: str | None) -> ReleaseManifest:
         model = ModelRecord(self.config, release_id, self.trained_through_item_id, self.warm_start_from)
-        return ReleaseManifest(self.kind, parent, len(self.items), model.as_dict(), {"history": self.history,
-                                                                                       **self.details})
+        return ReleaseManifest(self.kind, parent, len(self.items), model.as_dict(), self.dataset,
+                               {"history": self.history, **self.details})
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,11 @@ def release_candidate(session: WriterSession, writer: ReleaseWriter, candidate: 
                       queries: tuple[np.ndarray, np.ndarray], report: tuple[str, str], tolerance: float,
                       force: bool = False) -> Outcome:
     """Evaluate `candidate` on the test `queries`, gate it against the live release, record the report
-    (artifact key, title), then publish it, or discard it and forget its catalogue rows."""
-    metrics = evaluate_release(candidate.embed, *queries, candidate.embeddings, candidate.items)
+    (artifact key, title), then publish it, or discard it and forget its catalogue rows. The evaluation
+    searches every item but held-out queries (CatalogItems.evaluation_index); the release indexes all."""
+    searched = candidate.items.evaluation_index
+    metrics = evaluate_release(candidate.embed, *queries, candidate.embeddings[searched],
+                               candidate.items.subset(searched), candidate.dataset)
     live = session.live
     decision = gate(metrics, live.metrics if live else None, tolerance, force)
     report_artifact(report[0], markdown_report(metrics, report[1], decision))
@@ -95,6 +100,8 @@ def release_candidate(session: WriterSession, writer: ReleaseWriter, candidate: 
     manifest = candidate.manifest(writer.release_id, live.release_id if live else None)
     release_id = publish_release(session.home, writer, manifest, metrics, candidate.items, candidate.embeddings,
                                  model=candidate.model)
+    if live and live.dataset.side != candidate.dataset.side:  # the catalogue keeps what the live release searched
+        session.catalog.store_inputs(candidate.items)
     return Outcome(release_id, metrics, decision)
 
 
@@ -115,10 +122,13 @@ def publish_drops(session: WriterSession, scan: DropScan) -> str:
     embeddings = embed_items(live.embed, items)
     session.catalog.add(items, writer.release_id)  # before the release: recover() drops them if it never comes
     manifest = ReleaseManifest("reindex", live.release_id, len(live.items) + len(items), live.manifest["model"],
-                               {"added_items": len(items)})
+                               scan.dataset, {"added_items": len(items)})
     metrics = {**live.metrics, "metrics_carried_from": live.metrics.get("metrics_carried_from", live.release_id)}
     release_id = publish_release(home, writer, manifest, metrics, new_items=items, new_embeddings=embeddings,
                                  base=live)
+    recorded = read_home_dataset(home.root)
+    if recorded and scan.dataset.num_classes > live.dataset.num_classes:  # new classes: the next run keeps their index
+        write_home_dataset(home.root, recorded.with_classes(scan.dataset.class_names))
     move_processed(home.incoming, home.processed, release_id, scan.accepted)
     return release_id
 

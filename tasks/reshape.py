@@ -22,7 +22,6 @@ from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.catalog import DATASET_SOURCE, Catalog, CatalogItems
 from storage.dataset import FASHION_MNIST
 from storage.errors import UserError
-from storage.labels import NUM_CLASSES
 from tasks.download import md5_of
 from tasks.logs import step_logger
 
@@ -48,6 +47,12 @@ class Arrays:
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         return np.load(self.path(split, "images")), np.load(self.path(split, "labels"))
+
+    def save(self, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+        for kind, array in (("images", images), ("labels", labels)):
+            buffer = io.BytesIO()
+            np.save(buffer, array, allow_pickle=False)
+            atomic_write_bytes(self.path(split, kind), buffer.getvalue())
 
 
 def _idx_bytes(path: Path, header_bytes: int) -> bytes:
@@ -79,15 +84,9 @@ def read_idx_labels(path: Path) -> np.ndarray:
     if magic != LABELS_MAGIC or len(data) != 8 + count:
         raise DatasetFormatError(f"{path.name}: magic {magic} or length does not match {count} labels")
     labels = np.frombuffer(data, dtype=np.uint8, offset=8)
-    if labels.size and labels.max() >= NUM_CLASSES:
-        raise DatasetFormatError(f"{path.name}: label {labels.max()} outside 0..{NUM_CLASSES - 1}")
+    if labels.size and labels.max() >= FASHION_MNIST.num_classes:
+        raise DatasetFormatError(f"{path.name}: label {labels.max()} outside 0..{FASHION_MNIST.num_classes - 1}")
     return labels
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def reshape_dataset(raw_dir: Path, arrays_dir: Path) -> Arrays:
@@ -104,8 +103,7 @@ def reshape_dataset(raw_dir: Path, arrays_dir: Path) -> Arrays:
         labels = read_idx_labels(Path(raw_dir) / labels_file)
         if len(images) != len(labels):
             raise DatasetFormatError(f"{split}: {len(images)} images but {len(labels)} labels")
-        _save_npy(arrays.path(split, "images"), images)
-        _save_npy(arrays.path(split, "labels"), labels)
+        arrays.save(split, images, labels)
         log.info("reshape %s: %s images, classes %s", split, images.shape, np.bincount(labels).tolist())
     atomic_write_text(stamp_path, json.dumps(sources, sort_keys=True))
     return arrays

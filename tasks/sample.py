@@ -18,8 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage.catalog import CatalogItems
-from storage.dataset import FASHION_MNIST
-from storage.labels import NUM_CLASSES
+from storage.dataset import network_input
 from storage.runtime import load_tensorflow_similarity, quiet_native_output
 from tasks.logs import step_logger
 
@@ -29,7 +28,7 @@ def balanced_indices(labels: np.ndarray, total: int, seed: int) -> np.ndarray:
     allows: a seeded shuffle of each class, then dealt round-robin across classes."""
     rng = np.random.default_rng(seed)
     rank = np.empty(len(labels), dtype=np.int64)
-    for label in range(NUM_CLASSES):
+    for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
         rank[members] = np.arange(len(members))
     return np.sort(np.lexsort((labels, rank))[:total])
@@ -40,7 +39,7 @@ def retrain_set(new: CatalogItems, items: CatalogItems, trained_through: int, re
     """Images and labels an incremental retrain trains on: the `new` labelled items plus a
     class-balanced replay sample of `replay_size` labelled items the live model was trained on (so it
     does not forget them). Returns (images, labels, items replayed)."""
-    seen = np.flatnonzero((items.labels >= 0) & (items.item_ids <= trained_through))
+    seen = np.flatnonzero(items.trainable & (items.item_ids <= trained_through))
     replay = seen[balanced_indices(items.labels[seen], replay_size, seed)] if replay_size > 0 else seen[:0]
     step_logger().info("sample: %d new labelled items + %d replayed", len(new), len(replay))
     return (np.concatenate([new.images, items.images[replay]]), np.concatenate([new.labels, items.labels[replay]]),
@@ -48,8 +47,9 @@ def retrain_set(new: CatalogItems, items: CatalogItems, trained_through: int, re
 
 
 def make_sampler(images: np.ndarray, labels: np.ndarray, examples_per_class: int, steps_per_epoch: int,
-                 classes_per_batch: int = NUM_CLASSES, seed: int = 0):
-    """A sampler yielding batches of classes_per_batch x examples_per_class images."""
+                 classes_per_batch: int, seed: int = 0):
+    """A sampler yielding batches of classes_per_batch x examples_per_class images (as the network takes
+    them: `input_shape`, channels last)."""
     tfsim = load_tensorflow_similarity()
 
     class SeededSampler(tfsim.samplers.MultiShotMemorySampler):
@@ -57,6 +57,7 @@ def make_sampler(images: np.ndarray, labels: np.ndarray, examples_per_class: int
             super().__init__(x, y, **kwargs)
             # the library shuffled its copy with the global `random`: index the arrays as given instead
             self._x, self._y = x, y
+            self.input_shape = tuple(int(n) for n in x.shape[1:])
             self.index_per_class = {int(c): np.flatnonzero(y == c).tolist() for c in np.unique(y)}
             self.rng = random.Random(seed)
 
@@ -73,7 +74,7 @@ def make_sampler(images: np.ndarray, labels: np.ndarray, examples_per_class: int
     classes = sorted(int(c) for c in np.unique(labels))
     with quiet_native_output():  # the library prints its batch size and four tqdm bars
         return SeededSampler(
-            np.asarray(images, dtype=np.uint8).reshape(-1, *FASHION_MNIST.input_shape),
+            network_input(np.asarray(images, dtype=np.uint8)),
             np.asarray(labels, dtype=np.int32), seed,
             classes_per_batch=min(classes_per_batch, len(classes)),
             examples_per_class_per_batch=examples_per_class,
@@ -84,7 +85,7 @@ def make_sampler(images: np.ndarray, labels: np.ndarray, examples_per_class: int
 
 @task(name="sample", cache_policy=NO_CACHE)
 def sample_task(images, labels, examples_per_class: int, steps_per_epoch: int,
-                classes_per_batch: int = NUM_CLASSES, seed: int = 0):
+                classes_per_batch: int, seed: int = 0):
     return make_sampler(images, labels, examples_per_class, steps_per_epoch, classes_per_batch, seed)
 
 

@@ -10,8 +10,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from flows.reindex import reindex
+from storage.dataset import FASHION_MNIST
 from storage.home import HOME_ENV, DataHome
-from storage.labels import label_name
 from storage.releases import latest_release_id, load_release
 from tests.conftest import REPO
 from tests.corpus import encode, garment
@@ -95,7 +95,7 @@ def test_page_shows_the_live_release_and_its_evaluation(live_home):
 def test_picking_a_gallery_image_shows_its_neighbours(live_home):
     at = open_page()
     first = at.button[0]
-    query_label = label_name(next(i.label for i in views.gallery_items(live_home, load_release(live_home))
+    query_label = FASHION_MNIST.label_name(next(i.label for i in views.gallery_items(live_home, load_release(live_home))
                                   if f"pick-{i.key}" == first.key))
     first.click().run()
     assert not at.exception, at.exception

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from storage.dataset import UNLABELLED
 from storage.images import ImageRejected, normalise_image
-from storage.labels import UNLABELLED
 from storage.releases import load_release
 from tests import corpus
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from storage.dataset import FASHION_MNIST
 from storage.home import HOME_ENV
-from storage.labels import label_name
 from storage.releases import latest_release_id
 from tests.conftest import REPO
 from tests.test_app import publish_reindex
@@ -101,7 +101,7 @@ def test_picking_a_gallery_image_shows_the_neighbours_grid(published_home, brows
     from selenium.webdriver.support.ui import WebDriverWait
 
     first = json.loads((published_home.gallery / "index.json").read_text())[0]
-    query_class = label_name(first["label"])
+    query_class = FASHION_MNIST.label_name(first["label"])
     old_id = latest_release_id(published_home)
     log_path = tmp_path / "streamlit.log"
     with streamlit_server(published_home.root, log_path) as url:

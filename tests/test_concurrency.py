@@ -27,7 +27,7 @@ def publish_next(home, base, step: int) -> str:
     next_id = int(base.items.item_ids.max()) + 1
     items = CatalogItems(np.arange(next_id, next_id + 3), base.items.labels[rows], base.items.images[rows],
                          base.items.paths[rows], base.items.sources[rows])
-    manifest = ReleaseManifest("reindex", base.release_id, len(base.items) + 3, base.manifest["model"])
+    manifest = ReleaseManifest("reindex", base.release_id, len(base.items) + 3, base.manifest["model"], base.dataset)
     return publish_release(home, ReleaseWriter(home), manifest, base.metrics, items, base.embeddings[rows], base=base)
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from storage.atomic import leftover_temp_files
 from storage.catalog import Catalog
+from storage.dataset import FASHION_MNIST
 from storage.home import REASON_SUFFIX, DataHome
 from storage.lock import writer_lock
 from storage.releases import complete_release_ids, load_release
@@ -115,7 +116,7 @@ def assert_consistent(home: DataHome, published: bool = True) -> str | None:
 def catalogue_matches(home: DataHome) -> None:
     """No catalogue row belongs to a release that was never published, and none is missing."""
     release = load_release(home)
-    assert sorted(release.items.item_ids.tolist()) == Catalog(home.catalog).load().item_ids.tolist()
+    assert sorted(release.items.item_ids.tolist()) == Catalog(home.catalog, FASHION_MNIST).load().item_ids.tolist()
 
 
 @pytest.mark.parametrize("delays", [KillDelays.draw(CRASH_SEED)], ids=str)

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from storage.dataset import FASHION_MNIST
 from storage.embedder import CHUNK, EMBEDDER_FILE, SINGLE_MAX, Embedder, make_embedder
 from storage.releases import load_release
 from tasks.train import TrainConfig, build_model
@@ -22,7 +23,7 @@ def model():
     from storage.runtime import load_tensorflow
 
     load_tensorflow().keras.utils.set_random_seed(3)
-    return build_model(TrainConfig().architecture, 64)
+    return build_model(TrainConfig().architecture, 64, FASHION_MNIST.input_shape)
 
 
 @pytest.mark.parametrize("count", [0, 1, SINGLE_MAX, SINGLE_MAX + 1, CHUNK, CHUNK + 1, 3 * CHUNK - 5])
@@ -104,7 +105,7 @@ def test_the_quality_preset_and_a_release_that_uses_it(model, home):
     (writer.path / EMBEDDER_FILE).write_bytes(make_embedder(model).flatbuffer)
     writer.write_json("metrics.json", {})
     record = ModelRecord({**quality.as_dict(), "architecture": TrainConfig().architecture}, writer.release_id, 5)
-    writer.publish(ReleaseManifest("full", None, 6, record.as_dict()))
+    writer.publish(ReleaseManifest("full", None, 6, record.as_dict(), FASHION_MNIST))
     release = load_release(home)  # queries go through the release's own embedder, mirror-averaged too
     np.testing.assert_allclose(release.embed(images[:2]), release.embed(images[:2, :, ::-1]), atol=1e-5)
     assert release.search(images[3][:, ::-1][None], k=1)[0][0].item_id == 3

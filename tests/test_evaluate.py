@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from storage.catalog import CatalogItems
+from storage.dataset import FASHION_MNIST
 from storage.embedder import make_embedder
-from storage.labels import CLASS_NAMES, NUM_CLASSES
 from tasks.evaluate import evaluate_release, gate, markdown_report, pixel_vectors, retrieval_metrics
 from tests.tiny_data import class_images
 
@@ -29,7 +29,8 @@ AVERAGE_PRECISION = [6 / 10, (1 / 7 + 2 / 8 + 3 / 9 + 4 / 10) / 10, 6 / 10]
 
 @pytest.fixture(scope="module")
 def known():
-    return retrieval_metrics(on_circle(QUERY_DEGREES), QUERY_LABELS, on_circle(INDEX_DEGREES), INDEX_LABELS)
+    return retrieval_metrics(on_circle(QUERY_DEGREES), QUERY_LABELS, on_circle(INDEX_DEGREES), INDEX_LABELS,
+                             FASHION_MNIST.class_names)
 
 
 def test_precision_and_recall_at_k(known):
@@ -47,9 +48,9 @@ def test_map_at_10_follows_the_documented_definition(known):
 
 
 def test_per_class_precision_and_confusion(known):
-    assert known["per_class_precision@1"] == {CLASS_NAMES[0]: 1.0, CLASS_NAMES[1]: 0.5}
+    assert known["per_class_precision@1"] == {FASHION_MNIST.class_names[0]: 1.0, FASHION_MNIST.class_names[1]: 0.5}
     confusion = np.array(known["confusion"])
-    assert confusion.shape == (NUM_CLASSES, NUM_CLASSES)
+    assert confusion.shape == (FASHION_MNIST.num_classes, FASHION_MNIST.num_classes)
     assert confusion[0, 0] == 1 and confusion[1, 0] == 1 and confusion[1, 1] == 1 and confusion.sum() == 3
 
 
@@ -64,7 +65,7 @@ def test_metrics_agree_with_a_brute_force_count_on_random_data():
     index /= np.linalg.norm(index, axis=1, keepdims=True)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     index_labels, query_labels = rng.integers(0, 3, 200), rng.integers(0, 3, 40)
-    metrics = retrieval_metrics(queries, query_labels, index, index_labels)
+    metrics = retrieval_metrics(queries, query_labels, index, index_labels, FASHION_MNIST.class_names)
     order = np.argsort(1 - queries @ index.T, axis=1, kind="stable")[:, :10]
     relevant = index_labels[order] == query_labels[:, None]
     assert metrics["precision@5"] == pytest.approx(relevant[:, :5].mean(), abs=1e-6)
@@ -92,13 +93,14 @@ def test_evaluation_reports_the_raw_pixel_baseline_beside_the_model():
     outputs = tf.keras.layers.UnitNormalization()(tf.keras.layers.Flatten()(inputs))
     pixels_model = tf.keras.Model(inputs, outputs)
     rng = np.random.default_rng(1)
-    index_labels, query_labels = np.repeat(np.arange(NUM_CLASSES), 5), np.repeat(np.arange(NUM_CLASSES), 2)
+    index_labels, query_labels = np.repeat(np.arange(FASHION_MNIST.num_classes), 5), np.repeat(np.arange(FASHION_MNIST.num_classes), 2)
     index_images, query_images = class_images(index_labels, rng), class_images(query_labels, rng)
     items = CatalogItems(item_ids=np.arange(len(index_labels)), labels=index_labels.astype(np.int16),
                          images=index_images, paths=np.array(["p"] * len(index_labels)),
                          sources=np.array(["s"] * len(index_labels)))
     index_emb = pixel_vectors(index_images)
-    metrics = evaluate_release(make_embedder(pixels_model), query_images[..., None], query_labels, index_emb, items)
+    metrics = evaluate_release(make_embedder(pixels_model), query_images[..., None], query_labels, index_emb, items,
+                               FASHION_MNIST)
     baseline = metrics["baseline_raw_pixels"]
     assert set(baseline) == {"precision@1", "precision@5", "precision@10", "recall@1", "recall@5",
                              "recall@10", "map@10"}
@@ -141,7 +143,7 @@ def test_markdown_report_shows_model_baseline_classes_and_gate(known):
     assert "| recall@5 | 0.6667 | 0.2500 |" in report
     assert "| precision@10 | 0.5333 | nan |" in report
     assert f"| map@10 | {np.mean(AVERAGE_PRECISION):.4f} |" in report
-    assert f"| {CLASS_NAMES[0]} | 1.0000 |" in report and f"| {CLASS_NAMES[1]} | 0.5000 |" in report
+    assert f"| {FASHION_MNIST.class_names[0]} | 1.0000 |" in report and f"| {FASHION_MNIST.class_names[1]} | 0.5000 |" in report
     assert "Queries: 3, indexed items: 12" in report
     assert "**Gate:** refuse - candidate regresses" in report
     assert "Gate" not in markdown_report(metrics, "No gate")

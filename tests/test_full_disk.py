@@ -32,6 +32,7 @@ import storage.releases
 from flows.reindex import reindex
 from storage.atomic import leftover_temp_files
 from storage.catalog import Catalog
+from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.releases import ReleaseWriter, complete_release_ids, load_release
 from storage.session import StoreFullError
@@ -173,7 +174,7 @@ def assert_no_litter(home: DataHome) -> None:
                 if folder.is_dir() and not any(folder.iterdir())]
     assert sorted(p.name for p in home.releases.iterdir()) == complete_release_ids(home)
     release = load_release(home)
-    assert sorted(Catalog(home.catalog).item_ids().tolist()) == sorted(release.items.item_ids.tolist())
+    assert sorted(Catalog(home.catalog, FASHION_MNIST).item_ids().tolist()) == sorted(release.items.item_ids.tolist())
     assert all((home.root / path).is_file() for path in release.items.paths if path.startswith("processed/"))
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 import tasks.ingest
 from flows.reindex import reindex
 from storage.catalog import Catalog
+from storage.dataset import FASHION_MNIST
 from storage.files import escape_name, read_regular_file, unescape_name
 from storage.images import ImageRejected, normalise_file, normalise_image
 from storage.releases import load_release
@@ -135,7 +136,7 @@ def test_drop_folder_survives_odd_names_formats_and_fifos(published_home, monkey
     # moved with their exact bytes, and the catalogue (SQLite) holds the escaped text
     assert (home.processed / release.release_id / latin1).read_bytes() == garment_png(20)
     assert os.path.exists(os.fsencode(home.processed / release.release_id / "dress") + b"/robe-\xff.png")
-    catalogued = set(Catalog(home.catalog).load().paths.tolist())
+    catalogued = set(Catalog(home.catalog, FASHION_MNIST).load().paths.tolist())
     assert f"processed/{release.release_id}/chemise-\\xe9t\\xe9.png" in catalogued
     assert len(release.items) == len(live.items) + 4
 

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 from storage.catalog import Catalog
+from storage.dataset import FASHION_MNIST
 from storage.releases import latest_release_id, load_release
 from tests.conftest import REPO
 
@@ -19,7 +20,7 @@ def test_pipeline_publishes_a_searchable_release(published_home):
     manifest = release.manifest
     assert manifest["kind"] == "full" and manifest["parent"] is None
     assert manifest["model"]["architecture"] == "lean"
-    assert len(release.embeddings) == len(release.items) == Catalog(published_home.catalog).count()
+    assert len(release.embeddings) == len(release.items) == Catalog(published_home.catalog, FASHION_MNIST).count()
     np.testing.assert_allclose(np.linalg.norm(release.embeddings, axis=1), 1.0, atol=1e-4)
     for key in ("precision@1", "recall@5", "map@10", "per_class_precision@1", "baseline_raw_pixels",
                 "confusion", "no_match_distance"):

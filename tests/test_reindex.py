@@ -14,6 +14,7 @@ from PIL import Image
 
 from flows.reindex import reindex
 from storage.catalog import Catalog
+from storage.dataset import FASHION_MNIST
 from storage.images import encode_png, normalise_image
 from storage.lock import StoreBusyError, writer_lock
 from storage.releases import latest_release_id, load_release
@@ -41,7 +42,7 @@ def jpeg_of(pixels: np.ndarray) -> bytes:
 
 def catalogue_agrees_with_release(home) -> None:
     release = load_release(home)
-    catalogued = Catalog(home.catalog).load()
+    catalogued = Catalog(home.catalog, FASHION_MNIST).load()
     assert sorted(release.items.item_ids.tolist()) == catalogued.item_ids.tolist()
     assert len(release.embeddings) == len(release.items)
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storage.labels import CLASS_SLUGS, NUM_CLASSES
-from tasks import reshape
+from storage.dataset import FASHION_MNIST
 from storage.home import GALLERY_INDEX
+from tasks import reshape
 from tasks.export import export_gallery
-from tasks.sample import balanced_indices
 from tasks.reshape import (DatasetFormatError, SPLITS, read_idx_images, read_idx_labels,
                            reshape_dataset)
+from tasks.sample import balanced_indices
 from tests.tiny_data import idx_images, idx_labels, write_tiny_mirror
 
 
@@ -72,8 +72,8 @@ def test_reshape_builds_validated_arrays(raw, tmp_path):
     arrays = reshape_dataset(raw, tmp_path / "arrays")
     for split, per_class in (("train", 40), ("test", 10)):
         images, labels = arrays.load(split)
-        assert images.shape == (per_class * NUM_CLASSES, 28, 28, 1) and images.dtype == np.uint8
-        assert labels.dtype == np.uint8 and np.bincount(labels).tolist() == [per_class] * NUM_CLASSES
+        assert images.shape == (per_class * FASHION_MNIST.num_classes, 28, 28, 1) and images.dtype == np.uint8
+        assert labels.dtype == np.uint8 and np.bincount(labels).tolist() == [per_class] * FASHION_MNIST.num_classes
     assert sorted(p.name for p in (tmp_path / "arrays").iterdir()) == [
         "source.json", "test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"]
 
@@ -100,30 +100,30 @@ def test_reshape_refuses_image_and_label_counts_that_differ(raw, tmp_path):
 
 @pytest.mark.parametrize("total", [50, 55, 7, 1000])
 def test_balanced_indices_share_classes_equally(total):
-    labels = np.repeat(np.arange(NUM_CLASSES), 30)
+    labels = np.repeat(np.arange(FASHION_MNIST.num_classes), 30)
     chosen = balanced_indices(labels, total, seed=3)
     expected = min(total, len(labels))
     assert len(chosen) == len(set(chosen.tolist())) == expected
-    counts = np.bincount(labels[chosen], minlength=NUM_CLASSES)
+    counts = np.bincount(labels[chosen], minlength=FASHION_MNIST.num_classes)
     assert counts.max() - counts.min() <= 1
     np.testing.assert_array_equal(chosen, balanced_indices(labels, total, seed=3))
 
 
 def test_balanced_indices_fill_from_other_classes_when_one_is_short():
-    labels = np.concatenate([np.zeros(2), np.repeat(np.arange(1, NUM_CLASSES), 10)]).astype(np.uint8)
-    counts = np.bincount(labels[balanced_indices(labels, 50, seed=0)], minlength=NUM_CLASSES)
+    labels = np.concatenate([np.zeros(2), np.repeat(np.arange(1, FASHION_MNIST.num_classes), 10)]).astype(np.uint8)
+    counts = np.bincount(labels[balanced_indices(labels, 50, seed=0)], minlength=FASHION_MNIST.num_classes)
     assert counts[0] == 2 and counts.sum() == 50 and counts[1:].max() - counts[1:].min() <= 1
 
 
 def test_export_writes_pngs_that_decode_to_the_same_pixels(raw, tmp_path):
     images, labels = reshape_dataset(raw, tmp_path / "arrays").load("test")
     gallery = tmp_path / "gallery"
-    entries = export_gallery(images, labels, gallery, gallery_size=30, seed=1)
+    entries = export_gallery(images, labels, gallery, gallery_size=30, seed=1, dataset=FASHION_MNIST)
     assert len(entries) == 30
-    assert np.bincount([e["label"] for e in entries], minlength=NUM_CLASSES).tolist() == [3] * NUM_CLASSES
+    assert np.bincount([e["label"] for e in entries], minlength=FASHION_MNIST.num_classes).tolist() == [3] * FASHION_MNIST.num_classes
     assert json.loads((gallery / GALLERY_INDEX).read_text()) == entries
     for entry in entries:
-        assert entry["path"].startswith(CLASS_SLUGS[entry["label"]] + "/")
+        assert entry["path"].startswith(FASHION_MNIST.class_slugs[entry["label"]] + "/")
         assert labels[entry["test_index"]] == entry["label"]
         decoded = np.array(Image.open(io.BytesIO((gallery / entry["path"]).read_bytes())))
         np.testing.assert_array_equal(decoded, images[entry["test_index"], :, :, 0])

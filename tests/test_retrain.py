@@ -9,6 +9,7 @@ import tasks.train
 from flows.reindex import reindex
 from flows.retrain import retrain
 from storage.catalog import Catalog
+from storage.dataset import FASHION_MNIST
 from storage.releases import complete_release_ids, latest_release_id, load_release
 from tests.test_reindex import drop_labelled
 
@@ -42,7 +43,7 @@ def test_retrain_publishes_a_warm_started_model_and_advances_trained_through(pub
     assert manifest["model"]["trained_in"] == release.release_id
     assert manifest["model"]["trained_through_item_id"] == max(new_ids)
     assert manifest["model"]["architecture"] == live.manifest["model"]["architecture"]
-    assert len(release.items) == Catalog(home.catalog).count() == manifest["num_items"]
+    assert len(release.items) == Catalog(home.catalog, FASHION_MNIST).count() == manifest["num_items"]
     assert not np.allclose(release.embeddings, live.embeddings)  # the whole catalogue was re-embedded
 
     again = retrain(data_home=str(home.root), **SMALL_BUDGET)
@@ -56,7 +57,7 @@ def test_retrain_refuses_a_regressing_candidate(published_home, monkeypatch):
     live_id = latest_release_id(home)
     releases_before = complete_release_ids(home)
 
-    def broken_training(sampler, config, initial_model=None):
+    def broken_training(sampler, config, num_classes, initial_model=None):
         """A 'trained' model whose weights are all zero: every item embeds to the same point."""
         from storage.runtime import load_tensorflow
 

@@ -10,6 +10,7 @@ import tomllib
 import pytest
 
 from storage.catalog import Catalog
+from storage.dataset import FASHION_MNIST
 from storage.images import MAX_FILE_BYTES, MAX_PIXELS, ImageRejected, normalise_image
 from storage.releases import MANIFEST, ReleaseError, latest_release_id, load_release, set_latest
 from tasks.ingest import scan_drop_folder
@@ -129,7 +130,8 @@ def test_dropped_file_over_the_size_limit_is_rejected_without_reading_it_all(tmp
     incoming.mkdir()
     with open(incoming / "huge.png", "wb") as handle:  # sparse: no disk space used
         handle.truncate(MAX_FILE_BYTES * 4)
-    scan = scan_drop_folder(incoming, Catalog(tmp_path / "catalog.sqlite"), 0, settle_seconds=0)
+    scan = scan_drop_folder(incoming, Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST), 0, FASHION_MNIST,
+                            settle_seconds=0)
     assert [r.relative for r in scan.rejected] == ["huge.png"]
     assert "MB limit" in scan.rejected[0].reason
 

@@ -11,6 +11,7 @@ import pytest
 
 from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.catalog import Catalog, CatalogItems
+from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.images import content_hash
 from storage.releases import (MANIFEST, METRICS_FILE, MODEL_FILE, NoReleaseError, ReleaseManifest, ReleaseWriter,
@@ -40,7 +41,7 @@ def publish(home: DataHome, count: int, first_id: int = 0, base=None, parent=Non
     items, embeddings = make_items(count, first_id, seed)
     writer.add_segment(items, embeddings)
     writer.write_json(METRICS_FILE, {"precision@1": 0.5, "no_match_distance": 0.25})
-    return writer.publish(ReleaseManifest("test", parent, len(writer.segments), {}))
+    return writer.publish(ReleaseManifest("test", parent, len(writer.segments), {}, FASHION_MNIST))
 
 
 def leftovers(folder) -> list[str]:
@@ -166,7 +167,7 @@ def test_a_child_release_hard_links_its_parents_segments(home):
 
 
 def test_catalogue_add_find_and_load(tmp_path):
-    catalog = Catalog(tmp_path / "catalog.sqlite")
+    catalog = Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST)
     assert catalog.count() == 0 and catalog.next_item_id() == 0
     items, _ = make_items(6)
     items.labels[5] = -1  # unlabelled
@@ -181,7 +182,7 @@ def test_catalogue_add_find_and_load(tmp_path):
 
 
 def test_forget_unpublished_deletes_only_rows_of_unknown_releases(tmp_path):
-    catalog = Catalog(tmp_path / "catalog.sqlite")
+    catalog = Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST)
     first, _ = make_items(3)
     second, _ = make_items(2, first_id=3)
     catalog.add(first, "published")
@@ -195,12 +196,12 @@ def test_forget_unpublished_deletes_only_rows_of_unknown_releases(tmp_path):
 
 def test_recover_cleans_up_after_a_killed_writer(home):
     live = publish(home, 10)
-    Catalog(home.catalog).add(make_items(10)[0], live)
+    Catalog(home.catalog, FASHION_MNIST).add(make_items(10)[0], live)
     # a killed run: a half-written release and a partial file in tmp/, catalogue rows of its release
     dead = ReleaseWriter(home)
     dead.add_segment(*make_items(3, first_id=10))
     (home.tmp / ".train-images.gz.part").write_bytes(b"half")
-    Catalog(home.catalog).add(make_items(3, first_id=10)[0], dead.release_id)
+    Catalog(home.catalog, FASHION_MNIST).add(make_items(3, first_id=10)[0], dead.release_id)
     # ... and a drop-folder run killed while writing a reason file, beside files that are the user's
     run = home.rejected / "20261129T000000000000Z-reindex"
     run.mkdir(parents=True)
@@ -215,7 +216,7 @@ def test_recover_cleans_up_after_a_killed_writer(home):
     assert report.forgotten_catalog_rows == 3 and report.rolled_forward is None
     assert list(home.tmp.iterdir()) == []
     assert {p.name: p.read_bytes() for p in run.iterdir()} == users
-    assert Catalog(home.catalog).count() == 10 and latest_release_id(home) == live
+    assert Catalog(home.catalog, FASHION_MNIST).count() == 10 and latest_release_id(home) == live
     assert not recover(home)
 
 

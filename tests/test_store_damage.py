@@ -15,6 +15,7 @@ import pytest
 
 from flows.reindex import reindex
 from storage.catalog import Catalog, CatalogError
+from storage.dataset import FASHION_MNIST
 from storage.lock import StoreBusyError, writer_lock
 from storage.releases import (MAX_MINOR_SEGMENTS, NoReleaseError, ReleaseError, ReleaseManifest, ReleaseWriter,
                               latest_release_id, load_release)
@@ -33,7 +34,7 @@ def drop_garments(home, variants) -> None:
 def test_a_lost_catalogue_is_rebuilt_from_the_live_release(published_home):
     home = published_home
     live = load_release(home)
-    before = Catalog(home.catalog).load()
+    before = Catalog(home.catalog, FASHION_MNIST).load()
     home.catalog.unlink()
     drop_garments(home, [30, 31])
     (home.incoming / "again.png").write_bytes(corpus.encode(corpus.garment(variant=30), "PNG"))
@@ -45,11 +46,11 @@ def test_a_lost_catalogue_is_rebuilt_from_the_live_release(published_home):
     ids = release.items.item_ids.tolist()
     assert len(ids) == len(set(ids)) == len(live.items) + 2  # no id given twice
     assert min(ids[-2:]) == int(live.items.item_ids.max()) + 1
-    after = Catalog(home.catalog).load()
+    after = Catalog(home.catalog, FASHION_MNIST).load()
     assert after.item_ids.tolist() == sorted(ids)
     np.testing.assert_array_equal(after.images[: len(before)], before.images)
     # duplicate detection works again: the training set's first image is known
-    assert Catalog(home.catalog).find_hashes([corpus_hash(before.images[0])]) == {corpus_hash(before.images[0]): 0}
+    assert Catalog(home.catalog, FASHION_MNIST).find_hashes([corpus_hash(before.images[0])]) == {corpus_hash(before.images[0]): 0}
 
 
 def corpus_hash(pixels):
@@ -65,10 +66,10 @@ def test_ids_given_out_by_any_release_are_never_given_again(home):
     items, embeddings = make_items(3)
     writer.add_segment(items, embeddings)
     writer.write_json("metrics.json", {})
-    child = writer.publish(ReleaseManifest("test", parent, len(writer.segments), {}))
+    child = writer.publish(ReleaseManifest("test", parent, len(writer.segments), {}, FASHION_MNIST))
     assert load_release(home, child).manifest["next_item_id"] == 10
 
-    catalog = Catalog(home.catalog)  # lost: rebuilt from the child, which only holds ids 0..2
+    catalog = Catalog(home.catalog, FASHION_MNIST)  # lost: rebuilt from the child, which only holds ids 0..2
     assert restore_catalog(catalog, load_release(home)) == 3
     assert catalog.count() == 3 and catalog.next_item_id() == 10
 
@@ -82,7 +83,7 @@ def test_segments_stay_few_and_search_stays_exact(home):
         items, embeddings = make_items(3, first_id=40 + 3 * run, seed=run + 1)
         writer.extend(base, items, embeddings)
         writer.write_json("metrics.json", {})
-        writer.publish(ReleaseManifest("test", base.release_id, 0, {}))
+        writer.publish(ReleaseManifest("test", base.release_id, 0, {}, FASHION_MNIST))
         assert len(writer.segments) <= MAX_MINOR_SEGMENTS + 1
     release = load_release(home)
     assert release.items.item_ids.tolist() == list(range(40 + 9 * MAX_MINOR_SEGMENTS))
@@ -116,7 +117,7 @@ def test_a_busy_lock_names_its_holder_and_since_when(published_home):
 
 def test_a_locked_catalogue_names_the_process_that_holds_it(tmp_path):
     path = tmp_path / "catalog.sqlite"
-    Catalog(path).count()
+    Catalog(path, FASHION_MNIST).count()
     script = textwrap.dedent(f"""
         import sqlite3, sys, time
         db = sqlite3.connect({str(path)!r}, isolation_level=None)
@@ -128,7 +129,7 @@ def test_a_locked_catalogue_names_the_process_that_holds_it(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(CatalogError, match=rf"pid {holder.pid} \(.*python.*\) since 20\d\d-.*run again"):
-            Catalog(path, busy_timeout_s=0.2).keep_ids_from(1)  # a write: WAL readers never wait
+            Catalog(path, FASHION_MNIST, busy_timeout_s=0.2).keep_ids_from(1)  # a write: WAL readers never wait
     finally:
         holder.communicate("\n", timeout=30)
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from storage.catalog import Catalog
+from storage.catalog import DATASET_SOURCE
+from storage.dataset import FASHION_MNIST
 from storage.embedder import make_embedder
 from storage.images import content_hash
-from storage.labels import NUM_CLASSES
-from storage.catalog import DATASET_SOURCE
 from tasks.embed import embed_items
 from tasks.reshape import catalogue_dataset
 from tasks.sample import make_sampler
@@ -24,15 +24,15 @@ TINY = dict(architecture="article", epochs=1, steps_per_epoch=3, examples_per_cl
 @pytest.fixture(scope="module")
 def tiny_set():
     rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(NUM_CLASSES), 12).astype(np.uint8)
+    labels = np.repeat(np.arange(FASHION_MNIST.num_classes), 12).astype(np.uint8)
     return class_images(labels, rng)[..., None], labels
 
 
 def trained(tiny_set, seed: int, initial_model=None, **overrides):
     images, labels = tiny_set
     config = TrainConfig(**{**TINY, "seed": seed, **overrides})
-    sampler = make_sampler(images, labels, config.examples_per_class, config.steps_per_epoch, seed=seed)
-    model, history = train_model(sampler, config, initial_model)
+    sampler = make_sampler(images, labels, config.examples_per_class, config.steps_per_epoch, 10, seed=seed)
+    model, history = train_model(sampler, config, 10, initial_model)
     return model, history
 
 
@@ -46,7 +46,7 @@ def layer_kinds(model) -> list[str]:
 
 
 def test_article_architecture_is_the_articles_network():
-    model = build_model("article", 64)
+    model = build_model("article", 64, FASHION_MNIST.input_shape)
     assert layer_kinds(model)[1:] == ["Rescaling", "Conv2D", "Flatten", "Dense", "MetricEmbedding"]
     conv = model.layers[2]
     assert conv.filters == 64 and conv.kernel_size == (3, 3)
@@ -56,14 +56,14 @@ def test_article_architecture_is_the_articles_network():
 
 @pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
 def test_every_architecture_builds_with_a_metric_embedding_output(architecture):
-    model = build_model(architecture, 32)
+    model = build_model(architecture, 32, FASHION_MNIST.input_shape)
     assert layer_kinds(model)[-1] == "MetricEmbedding"
     assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 32)
 
 
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown architecture 'resnet'.*article.*compact"):
-        build_model("resnet", 64)
+        build_model("resnet", 64, FASHION_MNIST.input_shape)
 
 
 def test_sampler_batches_hold_every_class(tiny_set):
@@ -71,18 +71,18 @@ def test_sampler_batches_hold_every_class(tiny_set):
     sampler = make_sampler(images, labels, examples_per_class=3, steps_per_epoch=5, classes_per_batch=99)
     for step in range(3):
         batch_images, batch_labels = sampler[step]
-        assert np.asarray(batch_images).shape == (3 * NUM_CLASSES, 28, 28, 1)
-        assert np.bincount(np.asarray(batch_labels), minlength=NUM_CLASSES).tolist() == [3] * NUM_CLASSES
+        assert np.asarray(batch_images).shape == (3 * FASHION_MNIST.num_classes, 28, 28, 1)
+        assert np.bincount(np.asarray(batch_labels), minlength=FASHION_MNIST.num_classes).tolist() == [3] * FASHION_MNIST.num_classes
 
 
 def test_batches_depend_on_the_seed_alone_not_on_the_global_random_module(tiny_set):
     """Prefect's threads draw from Python's `random` too; the sampler must not share it."""
     import random
 
-    first = make_sampler(*tiny_set, EXAMPLES_PER_CLASS, 3, seed=5)
+    first = make_sampler(*tiny_set, EXAMPLES_PER_CLASS, 3, 10, seed=5)
     random.seed(123)
     random.random()
-    second = make_sampler(*tiny_set, EXAMPLES_PER_CLASS, 3, seed=5)
+    second = make_sampler(*tiny_set, EXAMPLES_PER_CLASS, 3, 10, seed=5)
     for step in range(3):
         random.random()
         np.testing.assert_array_equal(np.asarray(first[step][0]), np.asarray(second[step][0]))
@@ -112,7 +112,7 @@ def test_warm_start_begins_from_the_initial_models_weights(tiny_set, seed_one_mo
 
 def test_embed_items_gives_unit_vectors_per_item(tmp_path, tiny_set, seed_one_model):
     images, labels = tiny_set
-    catalog = Catalog(tmp_path / "catalog.sqlite")
+    catalog = Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST)
     catalogue_dataset(catalog, images, labels, "r1")
     items = catalog.load()
     embeddings = embed_items(make_embedder(seed_one_model[0]), items)
@@ -122,7 +122,7 @@ def test_embed_items_gives_unit_vectors_per_item(tmp_path, tiny_set, seed_one_mo
 
 def test_catalogue_dataset_adds_the_training_set_once(tmp_path, tiny_set):
     images, labels = tiny_set
-    catalog = Catalog(tmp_path / "catalog.sqlite")
+    catalog = Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST)
     assert catalogue_dataset(catalog, images, labels, "r1") == len(images)
     assert catalogue_dataset(catalog, images, labels, "r2") == 0
     items = catalog.load()

@@ -16,9 +16,9 @@ if str(REPO) not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the 
 
 import streamlit as st  # noqa: E402
 
+from storage.dataset import UNLABELLED, home_dataset  # noqa: E402
 from storage.home import DataHome  # noqa: E402
 from storage.images import MAX_FILE_BYTES, ImageRejected  # noqa: E402
-from storage.labels import UNLABELLED, label_name  # noqa: E402
 from storage.releases import ReleaseError, latest_release_id  # noqa: E402
 from ui import views  # noqa: E402
 
@@ -63,7 +63,7 @@ def use_upload() -> None:
 def header(live: views.LiveRelease) -> None:
     release, metrics = live.release, live.release.metrics
     architecture = release.manifest.get("model", {}).get("architecture", "unknown")
-    st.title("Fashion-MNIST similarity search")
+    st.title(f"{release.dataset.title} similarity search")
     st.markdown(f"Live release `{release.release_id}` · published {release.manifest.get('published_at', '?')} "
                 f"· model **{architecture}**")
     columns = st.columns(4)
@@ -79,6 +79,7 @@ def header(live: views.LiveRelease) -> None:
 
 
 def gallery(items: list[views.GalleryItem], release, choice: str) -> None:
+    label_name = release.dataset.label_name
     shown = [item for item in items if choice == ALL_CLASSES or label_name(item.label) == choice]
     if not shown:
         st.info("The gallery is empty: run `python -m flows.pipeline` to export test images, "
@@ -93,8 +94,7 @@ def gallery(items: list[views.GalleryItem], release, choice: str) -> None:
     for position, item in enumerate(shown[start: start + PAGE_SIZE]):
         with columns[position % GALLERY_COLUMNS]:
             try:
-                st.image(views.enlarge(views.item_pixels(item, release)),
-                         caption=f"{label_name(item.label)} · {item.caption}")
+                st.image(views.item_picture(item, release), caption=f"{label_name(item.label)} · {item.caption}")
             except ImageRejected as error:
                 st.caption(f"{item.caption}: cannot show ({error})")
                 continue
@@ -118,8 +118,10 @@ def neighbours_grid(live: views.LiveRelease, result: views.QueryResult) -> None:
             frame = None if same is None else views.SAME_CLASS if same else views.OTHER_CLASS
             mark = "" if same is None else "✓ " if same else "✗ "
             with columns[(neighbour.rank - 1) % NEIGHBOUR_COLUMNS]:
-                st.image(views.enlarge(release.items.images[row], frame=frame),
+                st.image(views.row_picture(release, row, frame=frame),
                          caption=f"{mark}#{neighbour.rank} {neighbour.label_name} · d={neighbour.distance:.3f}")
+                if title := neighbour.metadata.get("title") or neighbour.metadata.get("sku"):
+                    st.caption(title)
 
 
 def query_panel(live: views.LiveRelease, items: dict[str, views.GalleryItem], k: int) -> None:
@@ -135,12 +137,13 @@ def query_panel(live: views.LiveRelease, items: dict[str, views.GalleryItem], k:
         st.subheader("Your photo")
         original, searched = st.columns(2)
         original.image(uploaded.getvalue(), caption=uploaded.name, width=112)
-        searched.image(views.enlarge(result.pixels), caption="searched as 28x28")
+        side = live.release.dataset.side
+        searched.image(views.enlarge(result.pixels, scale=max(1, 112 // side)), caption=f"searched as {side}x{side}")
     elif query in items:
         item = items[query]
         result = views.search_item(live, item, k)
-        st.subheader(f"Query: {label_name(item.label)}")
-        st.image(views.enlarge(result.pixels), caption=item.caption)
+        st.subheader(f"Query: {live.release.dataset.label_name(item.label)}")
+        st.image(views.item_picture(item, live.release), caption=item.caption)
     else:
         st.info("Pick an image in the gallery (**Find similar**) or upload a photo in the sidebar "
                 "to see its nearest items.")
@@ -149,7 +152,7 @@ def query_panel(live: views.LiveRelease, items: dict[str, views.GalleryItem], k:
     neighbours_grid(live, result)
 
 
-def sidebar(items: list[views.GalleryItem]) -> tuple[int, str]:
+def sidebar(items: list[views.GalleryItem], label_name) -> tuple[int, str]:
     """Controls that keep their state whichever view is open: k, the gallery's class, the upload."""
     with st.sidebar:
         k = st.slider("Neighbours (k)", 1, 24, 8, key="k")
@@ -183,10 +186,10 @@ def evaluation_view(home: DataHome, live: views.LiveRelease) -> None:
         st.subheader("Model vs raw-pixel baseline")
         st.altair_chart(views.model_vs_baseline_chart(metrics))
         st.subheader("Confusion between classes")
-        st.altair_chart(views.confusion_chart(metrics))
+        st.altair_chart(views.confusion_chart(metrics, live.release.dataset.class_names))
     with right:
         st.subheader("precision@1 per class")
-        st.altair_chart(views.per_class_chart(metrics))
+        st.altair_chart(views.per_class_chart(metrics, live.release.dataset.class_names))
         st.subheader("Across releases")
         history = release_history(str(home.root), live.release.release_id)
         st.altair_chart(views.history_chart(history))
@@ -200,17 +203,17 @@ def show_live_release(home: DataHome) -> str | None:
         release_id = latest_release_id(home)
         live = None if release_id is None else open_release(str(home.root), release_id)
     except ReleaseError as error:
-        st.title("Fashion-MNIST similarity search")
+        st.title(f"{home_dataset(home.root).title} similarity search")
         st.error(f"The live release cannot be opened: {error}")
         return release_id
     if live is None:
-        st.title("Fashion-MNIST similarity search")
+        st.title(f"{home_dataset(home.root).title} similarity search")
         st.info(f"No release is published in `{home.root}` yet. Make one with `make demo` (or "
                 "`python -m flows.pipeline`); this page shows it as soon as it is published.")
         return None
     header(live)
     items = views.gallery_items(home, live.release)
-    k, choice = sidebar(items)
+    k, choice = sidebar(items, live.release.dataset.label_name)
     # Only the open view runs (tabs with state): browsing never pays for drawing the charts.
     search_tab, evaluation_tab = st.tabs(["Search", "Evaluation"], key="view", on_change="rerun",
                                          bind="query-params")

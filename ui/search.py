@@ -27,7 +27,7 @@ def search_files(release: Release, paths: list[Path], k: int) -> list[dict]:
     for path in paths:
         shown = escape_name(str(path))
         try:
-            image = normalise_file(path)
+            image = normalise_file(path, release.dataset)
         except ImageRejected as error:  # the file's own answer; the other files are still searched
             results.append({"image": shown, "release_id": release.release_id, "error": str(error)})
             continue

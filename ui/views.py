@@ -16,10 +16,8 @@ import numpy as np
 import pandas as pd
 
 from storage.catalog import DROP_SOURCE
-from storage.dataset import FASHION_MNIST
 from storage.home import GALLERY_INDEX, DataHome
-from storage.images import normalise_file, normalise_image
-from storage.labels import CLASS_NAMES, label_name
+from storage.images import normalise_file, normalise_image, shown_picture
 from storage.releases import (METRICS_FILE, RETRIEVAL_METRICS, Neighbour, Release, complete_release_ids, load_release,
                               read_manifest)
 
@@ -36,7 +34,7 @@ class LiveRelease:
     @classmethod
     def load(cls, home: DataHome, release_id: str) -> "LiveRelease":
         release = load_release(home, release_id)
-        release.embed(np.zeros((1, *FASHION_MNIST.pixel_shape), np.uint8))  # load and trace the model once, not in a query
+        release.embed(np.zeros((1, *release.dataset.pixel_shape), np.uint8))  # load the model once, not in a query
         return cls(release)
 
 
@@ -59,7 +57,8 @@ def gallery_items(home: DataHome, release: Release) -> list[GalleryItem]:
     if index.exists():
         for entry in json.loads(index.read_text()):
             items.append(GalleryItem(key=f"test-{entry['test_index']}", label=int(entry["label"]),
-                                     caption=f"test #{entry['test_index']}", path=home.gallery / entry["path"]))
+                                     caption=f"test #{entry['test_index']}", path=home.gallery / entry["path"],
+                                     item_id=entry.get("item_id")))
     catalogue = release.items
     for row in np.flatnonzero(catalogue.sources == DROP_SOURCE):
         item_id = int(catalogue.item_ids[row])
@@ -70,11 +69,29 @@ def gallery_items(home: DataHome, release: Release) -> list[GalleryItem]:
 
 
 def item_pixels(item: GalleryItem, release: Release) -> np.ndarray:
-    """The 28x28 image searched for `item`: its PNG through normalise_image (as `python -m ui.search`
-    reads it), or the stored pixels of a catalogue item. Raises ImageRejected."""
+    """The normalised image searched for `item`: its file through normalise_image (as `python -m
+    ui.search` reads it), or the stored pixels of a catalogue item. Raises ImageRejected."""
     if item.row is not None:
         return release.items.images[item.row]
-    return normalise_file(item.path).pixels
+    return normalise_file(item.path, release.dataset).pixels
+
+
+def item_picture(item: GalleryItem, release: Release) -> np.ndarray:
+    """What the gallery shows for `item`: a photo's display copy, else its normalised pixels enlarged.
+    Raises ImageRejected."""
+    if item.row is not None:
+        return row_picture(release, item.row)
+    if item.path.suffix == ".jpg":  # a photo's display copy, shown as it is
+        return shown_picture(np.zeros(0), item.path.read_bytes())
+    return enlarge(item_pixels(item, release))
+
+
+def row_picture(release: Release, row: int, frame: tuple[int, int, int] | None = None) -> np.ndarray:
+    """What the page shows for the catalogue item at `row`: its display copy, else its pixels enlarged."""
+    display = release.items.displays[row]
+    if not display:
+        return enlarge(release.items.images[row], frame=frame)
+    return framed(shown_picture(release.items.images[row], display), frame)
 
 
 @dataclass
@@ -106,16 +123,21 @@ def search_item(live: LiveRelease, item: GalleryItem, k: int) -> QueryResult:
 def search_upload(live: LiveRelease, data: bytes, k: int) -> QueryResult:
     """Normalise an uploaded file and search with it. Raises ImageRejected saying what is wrong."""
     started = time.perf_counter()
-    return search_pixels(live, normalise_image(data).pixels, k, started=started)
+    return search_pixels(live, normalise_image(data, live.release.dataset).pixels, k, started=started)
 
 
 def enlarge(pixels: np.ndarray, scale: int = 4, frame: tuple[int, int, int] | None = None) -> np.ndarray:
     """Nearest-neighbour upscaling (a 28x28 image stays crisp), optionally framed in a colour."""
-    big = np.repeat(np.repeat(np.asarray(pixels, np.uint8).reshape(FASHION_MNIST.pixel_shape), scale, 0), scale, 1)
+    pixels = np.asarray(pixels, np.uint8)
+    pixels = pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels
+    return framed(np.repeat(np.repeat(pixels, scale, 0), scale, 1), frame)
+
+
+def framed(picture: np.ndarray, frame: tuple[int, int, int] | None, width: int = 4) -> np.ndarray:
+    """`picture` (grey or RGB) with a border of colour `frame` (None: as it is)."""
     if frame is None:
-        return big
-    rgb = np.repeat(big[:, :, None], 3, axis=2)
-    width = max(2, scale)
+        return picture
+    rgb = np.repeat(picture[:, :, None], 3, axis=2) if picture.ndim == 2 else picture.copy()
     rgb[:width], rgb[-width:], rgb[:, :width], rgb[:, -width:] = frame, frame, frame, frame
     return rgb
 
@@ -152,25 +174,26 @@ def model_vs_baseline_chart(metrics: dict) -> alt.Chart:
     )
 
 
-def per_class_chart(metrics: dict) -> alt.Chart:
+def per_class_chart(metrics: dict, class_names: tuple[str, ...]) -> alt.Chart:
     frame = pd.DataFrame([{"class": name, "precision@1": value}
                           for name, value in metrics.get("per_class_precision@1", {}).items()])
     return alt.Chart(frame).mark_bar().encode(
-        y=alt.Y("class:N", sort=list(CLASS_NAMES), title=None),
+        y=alt.Y("class:N", sort=list(class_names), title=None),
         x=alt.X("precision@1:Q", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("precision@1:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0.5, 1]), legend=None),
         tooltip=["class", alt.Tooltip("precision@1:Q", format=".4f")],
     )
 
 
-def confusion_chart(metrics: dict) -> alt.LayerChart:
+def confusion_chart(metrics: dict, class_names: tuple[str, ...]) -> alt.LayerChart:
     """Rows: the query's class; columns: the class of its nearest item (the diagonal is a hit)."""
     confusion = metrics.get("confusion", [])
-    frame = pd.DataFrame([{"query": label_name(q), "nearest": label_name(n), "queries": count}
+    names = list(class_names) + [f"class {n}" for n in range(len(class_names), len(confusion))]
+    frame = pd.DataFrame([{"query": names[q], "nearest": names[n], "queries": count}
                           for q, row in enumerate(confusion) for n, count in enumerate(row)])
     base = alt.Chart(frame).encode(
-        x=alt.X("nearest:N", sort=list(CLASS_NAMES), title="class of the nearest item"),
-        y=alt.Y("query:N", sort=list(CLASS_NAMES), title="query class"),
+        x=alt.X("nearest:N", sort=names, title="class of the nearest item"),
+        y=alt.Y("query:N", sort=names, title="query class"),
     )
     cells = base.mark_rect().encode(color=alt.Color("queries:Q", scale=alt.Scale(type="symlog", scheme="blues"),
                                                     legend=None),
