@@ -38,6 +38,10 @@ class ImageRejected(UserError, ValueError):
     """The input cannot be used as an image; str(error) says why, in words a user can act on."""
 
 
+class ImageTooLarge(ImageRejected):
+    """The input is past the size limits: MAX_FILE_BYTES, or MAX_PIXELS once decoded (HTTP 413)."""
+
+
 @dataclass(frozen=True)
 class NormalisedImage:
     pixels: np.ndarray  # the dataset's pixel_shape, uint8: what the network sees
@@ -67,7 +71,7 @@ def _open_checked(data: bytes, draft_side: int = 0) -> Image.Image:
     if len(data) == 0:
         raise ImageRejected("empty file (0 bytes)")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageRejected(
+        raise ImageTooLarge(
             f"file is {len(data) / 2**20:.1f} MB, above the {MAX_FILE_BYTES / 2**20:.0f} MB limit; "
             "resize it before adding it"
         )
@@ -83,7 +87,7 @@ def _open_checked(data: bytes, draft_side: int = 0) -> Image.Image:
         raise ImageRejected(f"unsupported format {image.format}; use PNG or JPEG")
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageRejected(
+        raise ImageTooLarge(
             f"image is {width}x{height} pixels, above the {MAX_PIXELS / 1e6:.0f}-megapixel limit"
         )
     if min(width, height) < MIN_SIDE:
@@ -105,7 +109,7 @@ def _open_checked(data: bytes, draft_side: int = 0) -> Image.Image:
 
 
 def _too_many_pixels(error: Exception) -> ImageRejected:
-    return ImageRejected(f"image too large in pixels ({error}); the limit is {MAX_PIXELS / 1e6:.0f} megapixels, "
+    return ImageTooLarge(f"image too large in pixels ({error}); the limit is {MAX_PIXELS / 1e6:.0f} megapixels, "
                          "resize it before adding it")
 
 
@@ -211,7 +215,7 @@ def encode_display(picture: np.ndarray) -> bytes:
 
 def input_from_display(display: bytes, dataset: DatasetDescription) -> np.ndarray:
     """A catalogued photo's network input re-derived from its display copy (a run at another side)."""
-    return photo_input(np.asarray(Image.open(io.BytesIO(display)).convert("RGB")), dataset.side)
+    return photo_input(decode_display(display), dataset.side)
 
 
 def normalise_image(data: bytes, dataset: DatasetDescription = FASHION_MNIST) -> NormalisedImage:
@@ -268,8 +272,9 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def shown_picture(pixels: np.ndarray, display: bytes) -> np.ndarray:
-    """What the page shows for an item: its display copy decoded, else its normalised pixels."""
-    if display:
+def decode_display(display: bytes) -> np.ndarray:
+    """A display copy (as the catalogue and the gallery keep it) as an RGB array; ImageRejected when damaged."""
+    try:
         return np.asarray(Image.open(io.BytesIO(display)).convert("RGB"))
-    return np.asarray(pixels, dtype=np.uint8)
+    except Exception as error:  # noqa: BLE001 - a damaged copy is shown as a reason, never a traceback
+        raise ImageRejected(f"the display copy cannot be decoded ({type(error).__name__})") from None

@@ -44,8 +44,8 @@ from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
 from storage.errors import UserError
 from storage.files import NotRegularFileError, read_regular_file
 from storage.home import REASON_SUFFIX, DataHome
-from storage.search_index import (SEGMENT_ARRAYS, SegmentedIndex, blob_files, load_segments, read_segment,
-                                  segment_size, write_segment)
+from storage.search_index import (SEGMENT_ARRAYS, SegmentedIndex, blob_files, exact_knn, load_segments,
+                                  read_segment, segment_size, write_segment)
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
@@ -220,6 +220,7 @@ class Release:
     index: SegmentedIndex = field(repr=False)
     _embed_fn: Any = field(default=None, repr=False)
     _model: Any = field(default=None, repr=False)
+    _id_order: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def dataset(self) -> DatasetDescription:
@@ -269,9 +270,41 @@ class Release:
         Returns (distances, row indices into this release's arrays), closest first."""
         return self.index.nearest(query_embeddings, k, exact=exact)
 
-    def search(self, images: np.ndarray, k: int = 10) -> "SearchResults":
-        """Nearest catalogue items for each normalised image, closest first."""
-        distances, rows = self.nearest(self.embed(images), k)
+    def search(self, images: np.ndarray, k: int = 10, label: int | None = None) -> "SearchResults":
+        """Nearest catalogue items for each normalised image, closest first (of class `label` only, when given)."""
+        return self.neighbours(self.embed(images), k, label)
+
+    def similar(self, item_id: int, k: int = 10, label: int | None = None) -> "SearchResults":
+        """More like catalogue item `item_id` (KeyError when this release lacks it); the item itself left out."""
+        return self.neighbours(self.embeddings[self.row_of(item_id)][None], k, label, exclude_item=item_id)
+
+    def row_of(self, item_id: int) -> int:
+        """The row of `item_id` in this release's arrays; KeyError when it holds no such item."""
+        if self._id_order is None:
+            self._id_order = np.argsort(self.items.item_ids, kind="stable")
+        ids = self.items.item_ids
+        position = int(np.searchsorted(ids, item_id, sorter=self._id_order))
+        if position >= len(ids) or ids[self._id_order[position]] != item_id:
+            raise KeyError(item_id)
+        return int(self._id_order[position])
+
+    def neighbours(self, query_embeddings: np.ndarray, k: int, label: int | None = None,
+                   exclude_item: int | None = None) -> "SearchResults":
+        """The k nearest items of each embedded query: among all (the index) or among class `label`
+        (exact search over that class's rows), leaving out `exclude_item` (an item asking for more
+        like itself finds itself first)."""
+        wanted = k + (exclude_item is not None)
+        if label is None:
+            distances, rows = self.nearest(query_embeddings, wanted)
+        else:
+            members = np.flatnonzero(self.items.labels == label)
+            distances, found = exact_knn(query_embeddings, self.embeddings[members], wanted)
+            rows = members[found]
+        if exclude_item is not None:
+            keep = self.items.item_ids[rows] != exclude_item
+            keep &= np.cumsum(keep, axis=1) <= k  # the first k others of each query
+            rows = np.array([row[mask] for row, mask in zip(rows, keep)]).reshape(len(rows), -1)
+            distances = np.array([row[mask] for row, mask in zip(distances, keep)]).reshape(len(rows), -1)
         return SearchResults(rows, self.items.item_ids[rows], self.items.labels[rows], distances,
                              self.items.paths[rows], self.items.metadata[rows], self.dataset)
 

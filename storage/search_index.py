@@ -178,8 +178,10 @@ def _load_blobs(folder: Path, name: str, count: int) -> list[memoryview]:
     memory until shown); empty ones for a segment written before it had them."""
     if not (folder / f"{name}_ends.npy").exists():
         return [memoryview(b"")] * count
-    data = np.load(folder / f"{name}_bytes.npy", mmap_mode="r", allow_pickle=False)
     ends = np.load(folder / f"{name}_ends.npy", allow_pickle=False)
+    if not len(ends) or ends[-1] == 0:  # none (Fashion-MNIST has no display copies): no view per item
+        return [memoryview(b"")] * count
+    data = np.load(folder / f"{name}_bytes.npy", mmap_mode="r", allow_pickle=False)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
     return [memoryview(data[start:end]) for start, end in zip(starts, ends)]
 
@@ -202,7 +204,9 @@ def read_segment(folder: Path) -> tuple[CatalogItems, np.ndarray]:
     arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in SEGMENT_ARRAYS}
     count = len(arrays["item_ids"])
     displays = object_array(_load_blobs(folder, "displays", count))
-    metadata = np.array([bytes(text).decode() for text in _load_blobs(folder, "metadata", count)], dtype=str)
+    texts = _load_blobs(folder, "metadata", count)
+    metadata = (np.array([bytes(text).decode() for text in texts], dtype=str) if any(texts) else
+                np.full(count, "", dtype="<U1"))
     items = CatalogItems(item_ids=arrays["item_ids"], labels=arrays["labels"], images=arrays["images"],
                          paths=arrays["paths"], sources=arrays["sources"], displays=displays, metadata=metadata)
     return items, np.ascontiguousarray(arrays["embeddings"], np.float32)

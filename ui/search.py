@@ -1,8 +1,10 @@
-"""Query the live release from the command line: `python -m ui.search IMAGE... [--k K]`.
+"""Query the live release from the command line: `python -m ui.search IMAGE... [--k K]`, or
+`python -m ui.search --item ID` for more like a catalogue item.
 
-Prints one JSON object per image: the release id and the k nearest items (item id, label, label
-name, distance, path). Images of any size and mode are normalised by storage.images.normalise_image,
-the same function the page and the drop folder use.
+Prints one JSON object per image (or item): the release id and the k nearest items (item id, label,
+label name, distance, path, metadata when the dataset has it). Images of any size and mode are
+normalised by storage.images.normalise_image, the same function the page, the service and the drop
+folder use.
 """
 
 from __future__ import annotations
@@ -43,9 +45,26 @@ def search_files(release: Release, paths: list[Path], k: int) -> list[dict]:
     return results
 
 
+def similar_items(release: Release, item_ids: list[int], k: int) -> list[dict]:
+    """One result per catalogue item: the k items most like it (itself left out), or why not."""
+    results = []
+    for item_id in item_ids:
+        try:
+            neighbours = release.similar(item_id, k)[0]
+        except KeyError:
+            results.append({"item": item_id, "release_id": release.release_id,
+                            "error": f"no item {item_id} in release {release.release_id}"})
+            continue
+        results.append({"item": item_id, "release_id": release.release_id,
+                        "neighbours": [n.as_dict() for n in neighbours], "no_match": release.is_no_match(neighbours)})
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ui.search", description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="+", type=Path, help="PNG or JPEG files to search with")
+    parser.add_argument("images", nargs="*", type=Path, help="PNG or JPEG files to search with")
+    parser.add_argument("--item", type=int, action="append", default=[],
+                        help="a catalogue item id: search for more like it (repeatable)")
     parser.add_argument("--k", type=int, default=10, help="neighbours per image (default 10)")
     parser.add_argument("--data-home", default="", help="data home (default $FASHION_SIM_HOME, else ./data)")
     add_verbose_flag(parser)
@@ -54,12 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[VERBOSE_ENV] = "1"
     if args.k < 1:
         parser.error("--k must be at least 1")
+    if not args.images and not args.item:
+        parser.error("give image files to search with, or --item ID")
     try:
         release = load_release(DataHome.from_env(args.data_home or None))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results = search_files(release, args.images, args.k)
+    results = search_files(release, args.images, args.k) + similar_items(release, args.item, args.k)
     for result in results:
         print(json.dumps(result))
     return 1 if any("error" in r for r in results) else 0

@@ -17,7 +17,7 @@ import pandas as pd
 
 from storage.catalog import DROP_SOURCE
 from storage.home import GALLERY_INDEX, DataHome
-from storage.images import normalise_file, normalise_image, shown_picture
+from storage.images import decode_display, normalise_file, normalise_image
 from storage.releases import (METRICS_FILE, RETRIEVAL_METRICS, Neighbour, Release, complete_release_ids, load_release,
                               read_manifest)
 
@@ -82,7 +82,7 @@ def item_picture(item: GalleryItem, release: Release) -> np.ndarray:
     if item.row is not None:
         return row_picture(release, item.row)
     if item.path.suffix == ".jpg":  # a photo's display copy, shown as it is
-        return shown_picture(np.zeros(0), item.path.read_bytes())
+        return decode_display(item.path.read_bytes())
     return enlarge(item_pixels(item, release))
 
 
@@ -91,7 +91,7 @@ def row_picture(release: Release, row: int, frame: tuple[int, int, int] | None =
     display = release.items.displays[row]
     if not display:
         return enlarge(release.items.images[row], frame=frame)
-    return framed(shown_picture(release.items.images[row], display), frame)
+    return framed(decode_display(display), frame)
 
 
 @dataclass
@@ -108,11 +108,9 @@ def search_pixels(live: LiveRelease, pixels: np.ndarray, k: int, label: int | No
                   exclude_item: int | None = None, started: float | None = None) -> QueryResult:
     """k nearest items of one normalised image (without `exclude_item`: a catalogue item finds itself)."""
     started = time.perf_counter() if started is None else started
-    results = live.release.search(pixels[None], k + (exclude_item is not None))
-    found = results[0]
-    kept = [rank for rank, n in enumerate(found) if n.item_id != exclude_item][:k]
-    neighbours, rows = [found[rank] for rank in kept], results.rows[0][kept]
-    return QueryResult(pixels, label, neighbours, rows, live.release.is_no_match(neighbours),
+    results = live.release.neighbours(live.release.embed(pixels[None]), k, exclude_item=exclude_item)
+    neighbours = results[0]
+    return QueryResult(pixels, label, neighbours, results.rows[0], live.release.is_no_match(neighbours),
                        time.perf_counter() - started)
 
 
