@@ -2,11 +2,13 @@
 
 Fashion-MNIST items are 28x28 grayscale, a light garment on a black background, centred, the longer
 side filling the frame. Photos (a labelled folder of a shop's own pictures) keep their colour: the
-picture, upright, at most DISPLAY_SIDE pixels on its longer side, is the item's display copy (kept as a
-JPEG); the network's input is that picture padded to a square with the median colour of its border (so
+network's input is the picture, upright, padded to a square with the median colour of its border (so
 the padding continues the floor or backdrop it was shot on, not a black bar) and scaled to the
-dataset's side. Search, the page's upload, the folder source and the drop folder all go through
-`normalise_image`, so an item is stored exactly as a query of the same file is searched.
+dataset's side; what is catalogued also gets a display copy, the picture at most DISPLAY_SIDE pixels on
+its longer side, kept as a JPEG. A JPEG is decoded at the smallest of 1/1, 1/2, 1/4, 1/8 scale that
+still covers what is made of it (libjpeg's DCT scaling): a query from a 400x534 photo decodes 100x134.
+Search, the page's upload, the folder source and the drop folder all go through `normalise_image`, so
+an item is stored exactly as a query of the same file is searched.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import hashlib
 import io
 import warnings
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -47,14 +48,9 @@ class NormalisedImage:
     pixels: np.ndarray  # the dataset's pixel_shape, uint8: what the network sees
     source_format: str
     source_size: tuple[int, int]
-    picture: np.ndarray | None = field(default=None, repr=False)  # photos: the upright RGB display picture
+    display: bytes = field(default=b"", repr=False)  # the display copy (photos, when asked for): JPEG
 
-    @cached_property
-    def display(self) -> bytes:
-        """The display copy kept in the catalogue (JPEG); empty when the pixels are what is shown."""
-        return b"" if self.picture is None else encode_display(self.picture)
-
-    @cached_property
+    @property
     def content_hash(self) -> str:
         """Equal hashes mean the same item: of the display copy for photos, else of the pixels."""
         return content_hash(self.pixels, self.display)
@@ -99,6 +95,7 @@ def _open_checked(data: bytes, draft_side: int = 0) -> Image.Image:
         image.seek(0)  # the later pictures are depth maps, previews or a stereo twin of the first
     elif getattr(image, "n_frames", 1) > 1:
         raise ImageRejected(f"animated {image.format} with {image.n_frames} frames; use a still image")
+    image.info["source_size"] = image.size  # before the draft below makes it smaller
     if draft_side and image.format in ("JPEG", MULTI_PICTURE_JPEG):
         image.draft("RGB", (draft_side, draft_side))  # decode at 1/2, 1/4 or 1/8 scale when that is still larger
     try:
@@ -218,12 +215,14 @@ def input_from_display(display: bytes, dataset: DatasetDescription) -> np.ndarra
     return photo_input(decode_display(display), dataset.side)
 
 
-def normalise_image(data: bytes, dataset: DatasetDescription = FASHION_MNIST) -> NormalisedImage:
+def normalise_image(data: bytes, dataset: DatasetDescription = FASHION_MNIST,
+                    with_display: bool = False) -> NormalisedImage:
     """Validate and normalise an encoded PNG/JPEG. Raises ImageRejected with the reason, and nothing else:
     whatever a damaged file makes PIL raise (fuzzing found TypeError and struct.error from malformed
-    EXIF, for example) is that file's rejection, never a failed run or a traceback on the page."""
+    EXIF, for example) is that file's rejection, never a failed run or a traceback on the page.
+    `with_display`: also make a photo's display copy (what is catalogued needs it, a query does not)."""
     try:
-        return _normalise(data, dataset)
+        return _normalise(data, dataset, with_display)
     except ImageRejected:
         raise
     except MemoryError:
@@ -233,17 +232,24 @@ def normalise_image(data: bytes, dataset: DatasetDescription = FASHION_MNIST) ->
         raise ImageRejected(f"image data is damaged or cannot be decoded ({type(error).__name__}: {detail})") from None
 
 
-def _normalise(data: bytes, dataset: DatasetDescription) -> NormalisedImage:
+def _open(data: bytes, draft_side: int = 0) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = _open_checked(data, dataset.display_side)
+            return _open_checked(data, draft_side)
         except Image.DecompressionBombWarning as error:
             raise _too_many_pixels(error) from None
-    fmt, size = image.format, image.size
-    if dataset.conventions == PHOTO:
-        picture = display_picture(image, dataset.display_side)
-        return NormalisedImage(photo_input(picture, dataset.side), fmt, size, picture)
+
+
+def _normalise(data: bytes, dataset: DatasetDescription, with_display: bool) -> NormalisedImage:
+    photo = dataset.conventions == PHOTO
+    image = _open(data, dataset.side if photo else 0)
+    fmt, size = image.format, image.info["source_size"]
+    if photo:
+        display = b""
+        if with_display:
+            display = encode_display(display_picture(_open(data, dataset.display_side), dataset.display_side))
+        return NormalisedImage(photo_input(np.asarray(_to_rgb(image)), dataset.side), fmt, size, display)
     if size == (dataset.side, dataset.side) and image.mode == "L":
         already = np.asarray(image, dtype=np.uint8)
         border = np.concatenate([already[0], already[-1], already[:, 0], already[:, -1]])
@@ -252,14 +258,14 @@ def _normalise(data: bytes, dataset: DatasetDescription) -> NormalisedImage:
     return NormalisedImage(_dataset_conventions(_to_grayscale(image), dataset.side), fmt, size)
 
 
-def normalise_file(path, dataset: DatasetDescription = FASHION_MNIST) -> NormalisedImage:
+def normalise_file(path, dataset: DatasetDescription = FASHION_MNIST, with_display: bool = False) -> NormalisedImage:
     """normalise_image of a file, read without blocking and at most MAX_FILE_BYTES + 1 bytes of it; a
     file that cannot be read (missing, a FIFO, no permission) is rejected like a bad image."""
     try:
         data, _ = read_regular_file(path, MAX_FILE_BYTES + 1)
     except OSError as error:
         raise ImageRejected(f"cannot be read ({error.strerror or error})") from None
-    return normalise_image(data, dataset)
+    return normalise_image(data, dataset, with_display)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

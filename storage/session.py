@@ -75,7 +75,7 @@ def finish_processed_moves(home: DataHome, catalog: Catalog, live: Release | Non
         if target.exists() or not source.is_file() or source.is_symlink():
             continue
         try:
-            if normalise_file(source, live.dataset).content_hash != digest:
+            if normalise_file(source, live.dataset, with_display=True).content_hash != digest:
                 continue
         except ImageRejected:
             continue

@@ -112,7 +112,7 @@ def _normalise(folder: Path, relative: str, dataset: DatasetDescription) -> Norm
     except OSError as error:
         return f"cannot be read ({error.strerror or error})"
     try:
-        return normalise_image(data, dataset)
+        return normalise_image(data, dataset, with_display=True)
     except ImageRejected as error:
         return str(error)
 

@@ -236,7 +236,7 @@ def scan_drop_folder(incoming: Path, catalog: Catalog, first_item_id: int, datas
             scan.waiting.append(relative)
             continue
         try:
-            candidates.append((relative, label, normalise_image(data, dataset)))
+            candidates.append((relative, label, normalise_image(data, dataset, with_display=True)))
         except ImageRejected as error:
             scan.rejected.append(RejectedFile(relative, str(error)))
     known = catalog.find_hashes(image.content_hash for _, _, image in candidates)

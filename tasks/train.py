@@ -32,11 +32,13 @@ class PresetError(UserError, ValueError):
 # the default's training time, 1.9x the cost of one query and 3.5x the embedding time of a batch
 PRESETS = {"quality": {"architecture": "compact", "steps_per_epoch": 450, "mirror_average": True}}
 # what each kind of dataset trains with unless told otherwise (README "Your own images" for photos:
-# the from-scratch `photo` network on 64 px, 10 x 300 steps of 10 classes x 8, shifts and colour jitter)
+# the from-scratch `photo` network on 64 px, 10 x 300 steps of 10 classes x 8, shifts and colour jitter,
+# and mirror-averaged embeddings: +0.029 precision@1 on clothing-small's validation photos, 0.809 ->
+# 0.839 with the same trained network, for twice the network's share of a query)
 DATASET_TRAINING = {
     GREY_ON_BLACK: {},
     PHOTO: {"architecture": "photo", "steps_per_epoch": 300, "examples_per_class": 8, "shift_pixels": 8,
-            "colour_jitter": 0.2},
+            "colour_jitter": 0.2, "mirror_average": True},
 }
 
 
