@@ -130,3 +130,62 @@ def test_picking_a_gallery_image_shows_the_neighbours_grid(published_home, brows
         except Exception:
             print(f"--- streamlit log\n{log_path.read_text()[-3000:]}")
             raise
+
+
+def neighbour_tiles(browser):
+    """(rank, top, left) of each neighbour image, in the order a reader meets them on screen."""
+    from selenium.webdriver.common.by import By
+
+    tiles = []
+    for figure in browser.find_elements(By.CSS_SELECTOR, ".st-key-neighbours [data-testid='stImage']"):
+        caption = figure.text.strip()
+        rank = int(caption.split("#", 1)[1].split()[0])
+        box = figure.rect
+        tiles.append((rank, round(box["y"]), round(box["x"])))
+    return sorted(tiles, key=lambda tile: (tile[1], tile[2]))
+
+
+def answer_in_view(browser) -> bool:
+    """The answer's top and its first neighbours are inside the window."""
+    return browser.execute_script(
+        "const answer = document.querySelector('.st-key-neighbours img');"
+        "if (!answer) return false; const box = answer.getBoundingClientRect();"
+        "return box.top >= 0 && box.bottom <= window.innerHeight;")
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_answers_read_in_order_and_come_into_view_at_every_width(published_home, browser, tmp_path, width):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.set_window_size(width, 900)
+    log_path = tmp_path / "streamlit.log"
+    with streamlit_server(published_home.root, log_path) as url:
+        try:
+            browser.get(url)
+            WebDriverWait(browser, PAGE_TIMEOUT_S).until(EC.presence_of_all_elements_located(
+                (By.CSS_SELECTOR, "[class*='st-key-pick-'] button")))
+            buttons = [b for b in browser.find_elements(By.CSS_SELECTOR, "[class*='st-key-pick-'] button")
+                       if b.is_displayed()]  # (a button with help text has a hidden twin)
+            for button in buttons:  # no button's words cut off
+                assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth + 1",
+                                              button), button.text
+            far = buttons[9]  # a pick made further down the gallery (at 390 px, far below the answer)
+            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", far)
+            WebDriverWait(browser, 30).until(EC.element_to_be_clickable(far)).click()
+            WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+                lambda _: len(neighbour_tiles(browser)) == 8 and answer_in_view(browser))
+            assert [rank for rank, _, _ in neighbour_tiles(browser)] == list(range(1, 9))
+
+            photo = tmp_path / "upload.png"
+            photo.write_bytes((published_home.gallery / json.loads(
+                (published_home.gallery / "index.json").read_text())[3]["path"]).read_bytes())
+            browser.execute_script("window.parent.document.querySelector('[data-testid=\"stMain\"]')?.scrollTo(0, 99999)")
+            browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(photo))
+            WebDriverWait(browser, PAGE_TIMEOUT_S).until(
+                lambda _: "Your photo" in browser.find_element(By.TAG_NAME, "body").text and answer_in_view(browser))
+            browser.save_screenshot(str(REPO / "test-artifacts" / f"browser-{width}px.png"))
+        except Exception:
+            print(f"--- streamlit log\n{log_path.read_text()[-3000:]}")
+            raise

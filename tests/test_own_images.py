@@ -193,3 +193,16 @@ def test_a_pretrained_backbone_trains_from_a_weights_file(tmp_path):
     assert release.manifest["model"]["architecture"] == "mobilenet_v3_small"
     query = release.items.images[:1]
     np.testing.assert_allclose(release.embed(query), release.embeddings[:1], atol=1e-4)  # the TFLite embedder
+
+
+def test_the_command_line_runs_a_folder_and_says_what_it_skipped(tmp_path):
+    folder = write_photo_folder(tmp_path / "photos", per_class=5)
+    (folder / "hat" / "empty.jpg").write_bytes(b"")
+    completed = subprocess.run([sys.executable, "-m", "flows.pipeline", "--data-home", str(tmp_path / "home"),
+                                "--images", str(folder), "--image-size", "32", "--epochs", "1", "--steps-per-epoch", "3",
+                                "--examples-per-class", "4"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout[completed.stdout.index("{"):])
+    assert result["published"] and result["classes"] == CLASS_NAMES
+    assert result["skipped_files"] == [{"path": "hat/empty.jpg", "reason": "empty file (0 bytes)"}]
+    assert "Traceback" not in completed.stderr

@@ -15,6 +15,7 @@ if str(REPO) not in sys.path:  # `streamlit run ui/app.py` puts only ui/ on the 
     sys.path.insert(0, str(REPO))
 
 import streamlit as st  # noqa: E402
+import streamlit.components.v1 as components  # noqa: E402
 
 from storage.dataset import UNLABELLED, home_dataset  # noqa: E402
 from storage.home import DataHome  # noqa: E402
@@ -24,8 +25,20 @@ from ui import views  # noqa: E402
 
 LATEST_POLL = "3s"
 PAGE_SIZE = 20
-GALLERY_COLUMNS = 5
+GALLERY_COLUMNS = 4
 NEIGHBOUR_COLUMNS = 4
+# On a phone Streamlit stacks columns one per row, which made the gallery a 14,000 px column of single
+# pictures: the grids keep two per row there instead (each row's order is kept: 1 2 / 3 4).
+PHONE_GRIDS_CSS = """<style>
+.st-key-answer { scroll-margin-top: 3.75rem; }  /* below Streamlit's fixed header when scrolled to */
+@media (max-width: 640px) {
+  .st-key-gallery [data-testid="stHorizontalBlock"], .st-key-answer [data-testid="stHorizontalBlock"] {
+    flex-wrap: wrap !important; gap: 0.75rem !important; }
+  .st-key-gallery [data-testid="stColumn"], .st-key-answer [data-testid="stColumn"] {
+    flex: 1 1 calc(50% - 0.75rem) !important; min-width: calc(50% - 0.75rem) !important;
+    max-width: calc(50% - 0.75rem) !important; }
+}
+</style>"""
 ALL_CLASSES = "All classes"
 UPLOAD = "upload"  # st.session_state.query: UPLOAD, a gallery item's key, or None
 
@@ -54,32 +67,52 @@ def follow_latest(home: DataHome, shown_release_id: str | None) -> None:
 
 def pick(key: str) -> None:
     st.session_state.query = key
+    st.session_state.scroll_to_answer = True
 
 
 def use_upload() -> None:
     st.session_state.query = UPLOAD if st.session_state.get("upload") is not None else None
+    st.session_state.scroll_to_answer = True
+
+
+def grid_rows(entries: list, columns: int):
+    """`entries` in rows of `columns` (each row its own st.columns), so that on a phone, where columns
+    stack, they still read in order: 1, 2, 3... and not 1, 5, 9, 2..."""
+    for start in range(0, len(entries), columns):
+        yield zip(st.columns(columns), entries[start: start + columns])
+
+
+def scroll_to_answer() -> None:
+    """Bring the answer into view after a pick or an upload (on a phone it is above the gallery the
+    pick was made in). Runs once per pick, in the page's own window."""
+    if st.session_state.pop("scroll_to_answer", False):
+        # numbered: the same HTML twice would keep the old frame, and its script would not run again
+        st.session_state.scrolls = st.session_state.get("scrolls", 0) + 1
+        components.html(f"<script>/* {st.session_state.scrolls} */ const answer = "
+                        "window.parent.document.querySelector('.st-key-answer');"
+                        "if (answer) answer.scrollIntoView({block: 'start'});</script>", height=0)
 
 
 def header(live: views.LiveRelease) -> None:
     release, metrics = live.release, live.release.metrics
     architecture = release.manifest.get("model", {}).get("architecture", "unknown")
     st.title(f"{release.dataset.title} similarity search")
-    st.markdown(f"Live release `{release.release_id}` · published {release.manifest.get('published_at', '?')} "
-                f"· model **{architecture}**")
-    columns = st.columns(4)
-    columns[0].metric("Indexed items", f"{len(release.items):,}")
+    figures = [f"**{len(release.items):,}** items"]
     if "precision@1" in metrics:
         baseline = metrics.get("baseline_raw_pixels", {}).get("precision@1")
-        columns[1].metric("precision@1", f"{metrics['precision@1']:.3f}",
-                          None if baseline is None else f"{metrics['precision@1'] - baseline:+.3f} vs raw pixels",
-                          help=None if baseline is None else f"raw-pixel kNN baseline: {baseline:.3f}")
-    for column, key, name in ((columns[2], "recall@5", "recall@5"), (columns[3], "map@10", "MAP@10")):
-        if key in metrics:
-            column.metric(name, f"{metrics[key]:.3f}")
+        figures.append(f"precision@1 **{metrics['precision@1']:.3f}**"
+                       + ("" if baseline is None else f" (raw pixels {baseline:.3f})"))
+    figures += [f"{name} {metrics[key]:.3f}" for key, name in (("recall@5", "recall@5"), ("map@10", "MAP@10"))
+                if key in metrics]
+    st.markdown(" · ".join(figures))
+    st.caption(f"Live release {release.release_id} · published {release.manifest.get('published_at', '?')} "
+               f"· model {architecture}")
 
 
-def gallery(items: list[views.GalleryItem], release, choice: str) -> None:
+def gallery(items: list[views.GalleryItem], release) -> None:
     label_name = release.dataset.label_name
+    classes = [label_name(label) for label in sorted({item.label for item in items})]
+    choice = st.selectbox("Class", [ALL_CLASSES, *classes], key="class_filter")
     shown = [item for item in items if choice == ALL_CLASSES or label_name(item.label) == choice]
     if not shown:
         st.info("The gallery is empty: run `python -m flows.pipeline` to export test images, "
@@ -90,16 +123,24 @@ def gallery(items: list[views.GalleryItem], release, choice: str) -> None:
     page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"page-{choice}-{pages}")
     start = (page - 1) * PAGE_SIZE
     st.caption(f"Images {start + 1}-{min(start + PAGE_SIZE, len(shown))} of {len(shown)}")
-    columns = st.columns(GALLERY_COLUMNS)
-    for position, item in enumerate(shown[start: start + PAGE_SIZE]):
-        with columns[position % GALLERY_COLUMNS]:
-            try:
-                st.image(views.item_picture(item, release), caption=f"{label_name(item.label)} · {item.caption}")
-            except ImageRejected as error:
-                st.caption(f"{item.caption}: cannot show ({error})")
-                continue
-            st.button("Find similar", key=f"pick-{item.key}", on_click=pick, args=(item.key,),
-                      type="primary" if st.session_state.get("query") == item.key else "secondary")
+    with st.container(key="gallery"):
+        gallery_grid(shown[start: start + PAGE_SIZE], release)
+
+
+def gallery_grid(shown: list[views.GalleryItem], release) -> None:
+    label_name = release.dataset.label_name
+    for row in grid_rows(shown, GALLERY_COLUMNS):
+        for column, item in row:
+            with column:
+                try:
+                    st.image(views.item_picture(item, release), caption=f"{label_name(item.label)} · {item.caption}",
+                             width="stretch")
+                except ImageRejected as error:
+                    st.caption(f"{item.caption}: cannot show ({error})")
+                    continue
+                st.button("Similar", key=f"pick-{item.key}", on_click=pick, args=(item.key,), icon=":material/search:",
+                          width="stretch", help="Find the items most like this one",
+                          type="primary" if st.session_state.get("query") == item.key else "secondary")
 
 
 def neighbours_grid(live: views.LiveRelease, result: views.QueryResult) -> None:
@@ -107,24 +148,25 @@ def neighbours_grid(live: views.LiveRelease, result: views.QueryResult) -> None:
     nearest = result.neighbours[0].distance if result.neighbours else None
     limit = release.no_match_distance
     if result.no_match:
-        st.warning(f"**No close match**: even the nearest item is at distance {nearest:.3f}, beyond this "
-                   f"release's no-match distance {limit:.3f}. Nothing in the catalogue looks much like it.")
-    st.caption(f"{len(result.neighbours)} nearest of {len(release.items):,} items, found in "
-               f"{result.seconds * 1000:.0f} ms" + ("" if limit is None else f" · no-match beyond {limit:.3f}"))
+        st.warning(f"**No close match**: the nearest item is at {nearest:.3f}, beyond {limit:.3f}; nothing in "
+                   "the catalogue looks much like it.")
+    st.caption(f"{len(result.neighbours)} nearest of {len(release.items):,} items · {result.seconds * 1000:.0f} ms"
+               + ("" if limit is None else f" · no-match beyond {limit:.3f}"))
     with st.container(key="neighbours"):
-        columns = st.columns(NEIGHBOUR_COLUMNS)
-        for neighbour, row in zip(result.neighbours, result.rows):
-            same = None if result.label in (None, UNLABELLED) else neighbour.label == result.label
-            frame = None if same is None else views.SAME_CLASS if same else views.OTHER_CLASS
-            mark = "" if same is None else "✓ " if same else "✗ "
-            with columns[(neighbour.rank - 1) % NEIGHBOUR_COLUMNS]:
-                st.image(views.row_picture(release, row, frame=frame),
-                         caption=f"{mark}#{neighbour.rank} {neighbour.label_name} · d={neighbour.distance:.3f}")
-                if title := neighbour.metadata.get("title") or neighbour.metadata.get("sku"):
-                    st.caption(title)
+        for grid_row in grid_rows(list(zip(result.neighbours, result.rows)), NEIGHBOUR_COLUMNS):
+            for column, (neighbour, row) in grid_row:
+                same = None if result.label in (None, UNLABELLED) else neighbour.label == result.label
+                frame = None if same is None else views.SAME_CLASS if same else views.OTHER_CLASS
+                mark = "" if same is None else "✓ " if same else "✗ "
+                with column:
+                    st.image(views.row_picture(release, row, frame=frame), width="stretch",
+                             caption=f"{mark}#{neighbour.rank} {neighbour.label_name} · d={neighbour.distance:.3f}")
+                    if title := neighbour.metadata.get("title") or neighbour.metadata.get("sku"):
+                        st.caption(title)
 
 
 def query_panel(live: views.LiveRelease, items: dict[str, views.GalleryItem], k: int) -> None:
+    """The query and its neighbours, compact enough that on a phone the first neighbours show with it."""
     query = st.session_state.get("query")
     if query == UPLOAD and st.session_state.get("upload") is not None:
         uploaded = st.session_state.upload
@@ -136,41 +178,39 @@ def query_panel(live: views.LiveRelease, items: dict[str, views.GalleryItem], k:
             return
         st.subheader("Your photo")
         original, searched = st.columns(2)
-        original.image(uploaded.getvalue(), caption=uploaded.name, width=112)
+        original.image(uploaded.getvalue(), caption=uploaded.name, width="stretch")
         side = live.release.dataset.side
-        searched.image(views.enlarge(result.pixels, scale=max(1, 112 // side)), caption=f"searched as {side}x{side}")
+        searched.image(views.enlarge(result.pixels, scale=max(1, 112 // side)), caption=f"searched as {side}x{side}",
+                       width="stretch")
     elif query in items:
         item = items[query]
         result = views.search_item(live, item, k)
-        st.subheader(f"Query: {live.release.dataset.label_name(item.label)}")
-        st.image(views.item_picture(item, live.release), caption=item.caption)
+        picture, words = st.columns(2, vertical_alignment="center")
+        picture.image(views.item_picture(item, live.release), width="stretch")
+        words.subheader(f"Query: {live.release.dataset.label_name(item.label)}")
+        words.caption(item.caption)
     else:
-        st.info("Pick an image in the gallery (**Find similar**) or upload a photo in the sidebar "
-                "to see its nearest items.")
+        st.info("Pick an image in the gallery (**Similar**) or upload a photo to see its nearest items.")
         return
     st.subheader(f"{k} nearest items")
     neighbours_grid(live, result)
 
 
-def sidebar(items: list[views.GalleryItem], label_name) -> tuple[int, str]:
-    """Controls that keep their state whichever view is open: k, the gallery's class, the upload."""
-    with st.sidebar:
-        k = st.slider("Neighbours (k)", 1, 24, 8, key="k")
-        classes = [label_name(label) for label in sorted({item.label for item in items})]
-        choice = st.selectbox("Gallery class", [ALL_CLASSES, *classes], key="class_filter")
-        st.file_uploader("Search with a photo (PNG or JPEG)", type=["png", "jpg", "jpeg"], key="upload",
-                         on_change=use_upload, max_upload_size=MAX_FILE_BYTES // 2**20,
-                         help="Any size; a garment on a plain (white) background works best.")
-    return k, choice
-
-
-def search_view(live: views.LiveRelease, items: list[views.GalleryItem], k: int, choice: str) -> None:
-    left, right = st.columns([3, 2], gap="large")
+def search_view(live: views.LiveRelease, items: list[views.GalleryItem]) -> None:
+    """The query and its answer first (on a phone, where columns stack, they come before the gallery)."""
+    st.html(PHONE_GRIDS_CSS)
+    left, right = st.columns(2, gap="large")
     with left:
-        st.subheader("Gallery")
-        gallery(items, live.release, choice)
+        k = st.slider("Neighbours (k)", 1, 24, 8, key="k")
+        st.file_uploader("Search with your photo (PNG or JPEG)", type=["png", "jpg", "jpeg"], key="upload",
+                         on_change=use_upload, max_upload_size=MAX_FILE_BYTES // 2**20,
+                         help="Any size; one item on a plain background works best.")
+        with st.container(key="answer"):
+            query_panel(live, {item.key: item for item in items}, k)
     with right:
-        query_panel(live, {item.key: item for item in items}, k)
+        st.subheader("Gallery")
+        gallery(items, live.release)
+    scroll_to_answer()
 
 
 def evaluation_view(home: DataHome, live: views.LiveRelease) -> None:
@@ -179,12 +219,16 @@ def evaluation_view(home: DataHome, live: views.LiveRelease) -> None:
         st.info(f"Release {live.release.release_id} has no evaluation (metrics.json).")
         return
     indexed = metrics.get("indexed_items", len(live.release.items))
-    st.caption(f"{metrics.get('queries', '?')} test queries against {indexed:,} indexed items; the baseline is "
-               "a cosine kNN on raw pixels over the same items.")
+    carried = metrics.get("metrics_carried_from")
+    st.caption(f"{metrics.get('queries', '?')} test queries against {indexed:,} indexed items"
+               + (f", measured in release {carried} and carried over: release {live.release.release_id} added items "
+                  f"from the drop folder without retraining and holds {len(live.release.items):,} items" if carried
+                  else "") + "; the baseline is a cosine kNN on raw pixels over the same items.")
     left, right = st.columns(2, gap="large")
     with left:
         st.subheader("Model vs raw-pixel baseline")
         st.altair_chart(views.model_vs_baseline_chart(metrics))
+        st.markdown("\n".join(f"- **{name}**: {meaning}" for name, meaning in views.METRIC_MEANINGS.items()))
         st.subheader("Confusion between classes")
         st.altair_chart(views.confusion_chart(metrics, live.release.dataset.class_names))
     with right:
@@ -213,13 +257,12 @@ def show_live_release(home: DataHome) -> str | None:
         return None
     header(live)
     items = views.gallery_items(home, live.release)
-    k, choice = sidebar(items, live.release.dataset.label_name)
     # Only the open view runs (tabs with state): browsing never pays for drawing the charts.
     search_tab, evaluation_tab = st.tabs(["Search", "Evaluation"], key="view", on_change="rerun",
                                          bind="query-params")
     if search_tab.open:
         with search_tab:
-            search_view(live, items, k, choice)
+            search_view(live, items)
     if evaluation_tab.open:
         with evaluation_tab:
             evaluation_view(home, live)

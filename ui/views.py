@@ -76,13 +76,26 @@ def item_pixels(item: GalleryItem, release: Release) -> np.ndarray:
     return normalise_file(item.path, release.dataset).pixels
 
 
+PHOTO_ASPECT = 3 / 4  # width / height of a photo's tile: clothing-small's usual 400x534, so grids line up
+
+
+def tile(picture: np.ndarray) -> np.ndarray:
+    """A display copy padded with white to PHOTO_ASPECT, centred: every tile of a grid the same shape."""
+    height, width = picture.shape[:2]
+    target_width, target_height = max(width, round(height * PHOTO_ASPECT)), max(height, round(width / PHOTO_ASPECT))
+    padded = np.full((target_height, target_width, 3), 255, np.uint8)
+    top, left = (target_height - height) // 2, (target_width - width) // 2
+    padded[top: top + height, left: left + width] = picture
+    return padded
+
+
 def item_picture(item: GalleryItem, release: Release) -> np.ndarray:
     """What the gallery shows for `item`: a photo's display copy, else its normalised pixels enlarged.
     Raises ImageRejected."""
     if item.row is not None:
         return row_picture(release, item.row)
-    if item.path.suffix == ".jpg":  # a photo's display copy, shown as it is
-        return decode_display(item.path.read_bytes())
+    if item.path.suffix == ".jpg":  # a photo's display copy
+        return tile(decode_display(item.path.read_bytes()))
     return enlarge(item_pixels(item, release))
 
 
@@ -91,7 +104,7 @@ def row_picture(release: Release, row: int, frame: tuple[int, int, int] | None =
     display = release.items.displays[row]
     if not display:
         return enlarge(release.items.images[row], frame=frame)
-    return framed(decode_display(display), frame)
+    return framed(tile(decode_display(display)), frame)
 
 
 @dataclass
@@ -143,14 +156,26 @@ def framed(picture: np.ndarray, frame: tuple[int, int, int] | None, width: int =
 # ------------------------------------------------------------------------------------ evaluation
 
 
+# what each figure of the evaluation means, in one line (the Evaluation tab shows them under its chart)
+METRIC_MEANINGS = {
+    "precision@k": "share of the k nearest items that are of the query's class",
+    "recall@k": "share of queries with at least one item of their class among the k nearest",
+    "map@10": "mean average precision over the 10 nearest: rewards putting same-class items first",
+    "raw pixels": "the same search on the images' raw pixels (cosine), the baseline a model must beat",
+}
+
+
 def release_history(home: DataHome) -> pd.DataFrame:
-    """precision@1 and recall@5 (and the raw-pixel precision@1) of every complete release, oldest first."""
+    """precision@1 and recall@5 (and the raw-pixel precision@1) of every complete release that was
+    evaluated (a re-index carries its parent's figures over: not a new point), oldest first."""
     rows = []
     for release_id in complete_release_ids(home):
         metrics_path = home.release_dir(release_id) / METRICS_FILE
         if not metrics_path.exists():
             continue
         metrics = json.loads(metrics_path.read_text())
+        if "metrics_carried_from" in metrics:
+            continue
         published = read_manifest(home, release_id).get("published_at")
         figures = {"precision@1": metrics.get("precision@1"), "recall@5": metrics.get("recall@5"),
                    "raw-pixel precision@1": metrics.get("baseline_raw_pixels", {}).get("precision@1")}
@@ -159,28 +184,36 @@ def release_history(home: DataHome) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["release", "published", "figure", "value"])
 
 
-def model_vs_baseline_chart(metrics: dict) -> alt.Chart:
+def model_vs_baseline_chart(metrics: dict) -> alt.LayerChart:
+    """Horizontal bars, model and raw pixels side by side per metric, each labelled with its value (the
+    metric names are the y axis: none is dropped for lack of room, whatever the width)."""
     baseline = metrics.get("baseline_raw_pixels", {})
     keys = [key for key in RETRIEVAL_METRICS if key in metrics and key in baseline]
     frame = pd.DataFrame([{"metric": key, "system": system, "value": source[key]}
                           for key in keys for system, source in (("model", metrics), ("raw pixels", baseline))])
-    return alt.Chart(frame).mark_bar().encode(
-        x=alt.X("metric:N", sort=keys, title=None, axis=alt.Axis(labelAngle=0)), xOffset="system:N",
-        y=alt.Y("value:Q", scale=alt.Scale(domain=[0, 1]), title=None),
-        color=alt.Color("system:N", legend=alt.Legend(orient="bottom", title=None)),
+    base = alt.Chart(frame).encode(
+        y=alt.Y("metric:N", sort=keys, title=None, axis=alt.Axis(labelLimit=200)), yOffset="system:N",
+        x=alt.X("value:Q", scale=alt.Scale(domain=[0, 1.12]), title=None, axis=alt.Axis(values=[0, .25, .5, .75, 1])),
         tooltip=["metric", "system", alt.Tooltip("value:Q", format=".4f")],
     )
+    bars = base.mark_bar().encode(color=alt.Color("system:N", legend=alt.Legend(orient="bottom", title=None)))
+    labels = base.mark_text(align="left", dx=3, fontSize=10).encode(text=alt.Text("value:Q", format=".3f"))
+    return (bars + labels).properties(height=32 * max(1, len(keys)))
 
 
-def per_class_chart(metrics: dict, class_names: tuple[str, ...]) -> alt.Chart:
+def per_class_chart(metrics: dict, class_names: tuple[str, ...]) -> alt.LayerChart:
     frame = pd.DataFrame([{"class": name, "precision@1": value}
                           for name, value in metrics.get("per_class_precision@1", {}).items()])
-    return alt.Chart(frame).mark_bar().encode(
-        y=alt.Y("class:N", sort=list(class_names), title=None),
-        x=alt.X("precision@1:Q", scale=alt.Scale(domain=[0, 1])),
-        color=alt.Color("precision@1:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0.5, 1]), legend=None),
+    base = alt.Chart(frame).encode(
+        y=alt.Y("class:N", sort=list(class_names), title=None, axis=alt.Axis(labelLimit=200)),
+        x=alt.X("precision@1:Q", scale=alt.Scale(domain=[0, 1.12]), axis=alt.Axis(values=[0, .25, .5, .75, 1])),
         tooltip=["class", alt.Tooltip("precision@1:Q", format=".4f")],
     )
+    bars = base.mark_bar().encode(color=alt.Color(
+        "precision@1:Q", scale=alt.Scale(scheme="redyellowgreen", domain=[0.5, 1]),
+        legend=alt.Legend(orient="bottom", title="precision@1 (colour)", gradientLength=160)))
+    labels = base.mark_text(align="left", dx=3, fontSize=10).encode(text=alt.Text("precision@1:Q", format=".3f"))
+    return bars + labels
 
 
 def confusion_chart(metrics: dict, class_names: tuple[str, ...]) -> alt.LayerChart:
@@ -190,8 +223,9 @@ def confusion_chart(metrics: dict, class_names: tuple[str, ...]) -> alt.LayerCha
     frame = pd.DataFrame([{"query": names[q], "nearest": names[n], "queries": count}
                           for q, row in enumerate(confusion) for n, count in enumerate(row)])
     base = alt.Chart(frame).encode(
-        x=alt.X("nearest:N", sort=names, title="class of the nearest item"),
-        y=alt.Y("query:N", sort=names, title="query class"),
+        x=alt.X("nearest:N", sort=names, title="class of the nearest item",
+                axis=alt.Axis(labelAngle=-40, labelLimit=120)),
+        y=alt.Y("query:N", sort=names, title="query class", axis=alt.Axis(labelLimit=160)),
     )
     cells = base.mark_rect().encode(color=alt.Color("queries:Q", scale=alt.Scale(type="symlog", scheme="blues"),
                                                     legend=None),
