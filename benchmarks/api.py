@@ -100,7 +100,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.api", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-home", default="", help="a home with a published release (default $FASHION_SIM_HOME, "
                                                        "else ./data); it is copied, never changed")
-    parser.add_argument("--workers", type=int, default=1, help="service processes (default 1; see README \"Service\")")
+    parser.add_argument("--workers", type=int, default=2, help="service processes (default 2: one per core here)")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--count", type=int, default=2000, help="requests per concurrency level")
     parser.add_argument("--seconds", type=float, default=30, help="cut-off per level")

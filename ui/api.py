@@ -24,6 +24,7 @@ import argparse
 import hmac
 import logging
 import os
+import socket
 import sys
 import tempfile
 import threading
@@ -299,7 +300,8 @@ def create_app(settings: ServiceSettings, follower: ReleaseFollower | None = Non
     def prometheus() -> Response:
         release = follower.serving
         if release is not None:
-            metrics.items.clear()
+            if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # not implemented there: each pid's series stay
+                metrics.items.clear()
             metrics.items.labels(release.release_id).set(len(release.items))
         return Response(metrics.text(), media_type="text/plain; version=0.0.4")
 
@@ -383,12 +385,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers > 1:  # every worker's counters in one /metrics answer (prometheus_client's multiprocess mode)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fashion-sim-metrics-")
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     print(f"serving {home.root} on http://{args.host}:{args.port} ({args.workers} worker(s); API docs at /docs)",
           file=sys.stderr)
-    uvicorn.run("ui.api:app_from_environment", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level="info" if verbose() else "warning", access_log=verbose())
+    config = uvicorn.Config("ui.api:app_from_environment", factory=True, host=args.host, port=args.port,
+                            workers=args.workers, log_level="info" if verbose() else "warning", access_log=verbose())
+    if args.workers == 1:
+        uvicorn.Server(config).run()
+    else:
+        Multiprocess(config, sockets=[tcp_listener(args.host, args.port)]).run()
     return 0
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """The listening socket the workers share, made as uvicorn makes it but with its protocol named:
+    asyncio sets TCP_NODELAY only on connections of a socket whose proto is IPPROTO_TCP, and uvicorn's
+    own (proto 0) left every keep-alive request of a worker waiting ~40 ms for a delayed ACK."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.set_inheritable(True)
+    return listener
 
 
 if __name__ == "__main__":
