@@ -134,20 +134,30 @@ def _upright(image: Image.Image) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def _to_grayscale(image: Image.Image) -> np.ndarray:
-    """Grayscale float array in [0, 255]; transparency becomes white (the usual product-shot backdrop)."""
-    image = _upright(image)
+def _wide_grey(image: Image.Image) -> np.ndarray | None:
+    """A 16-bit or float grey image as floats in [0, 255] (box-averaged down when large); None for other modes."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         wide = np.asarray(_shrink(image.convert("F")), dtype=np.float64)
         top = 65535.0 if wide.max() > 255 else 255.0
         return np.clip(wide * (255.0 / top), 0, 255)
     if image.mode == "F":
         return np.clip(np.asarray(_shrink(image), dtype=np.float64), 0, 255)
+    return None
+
+
+def _on_white(image: Image.Image) -> Image.Image:
+    """Transparency over white (the usual product-shot backdrop); an opaque image as it is."""
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        backdrop = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(backdrop, rgba)
-    return np.asarray(_shrink(image.convert("L")), dtype=np.float64)
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return image
+
+
+def _to_grayscale(image: Image.Image) -> np.ndarray:
+    """Grayscale float array in [0, 255], upright; transparency becomes white."""
+    image = _upright(image)
+    wide = _wide_grey(image)
+    return wide if wide is not None else np.asarray(_shrink(_on_white(image).convert("L")), dtype=np.float64)
 
 
 def _dataset_conventions(gray: np.ndarray, side: int) -> np.ndarray:
@@ -176,12 +186,10 @@ def _dataset_conventions(gray: np.ndarray, side: int) -> np.ndarray:
 def _to_rgb(image: Image.Image) -> Image.Image:
     """The picture upright in RGB; transparency becomes white, 16-bit grey is scaled to 8 bits."""
     image = _upright(image)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return Image.fromarray(_to_grayscale(image).astype(np.uint8), mode="L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    return image.convert("RGB")
+    wide = _wide_grey(image)
+    if wide is not None:
+        return Image.fromarray(wide.astype(np.uint8), mode="L").convert("RGB")
+    return _on_white(image).convert("RGB")
 
 
 def display_picture(image: Image.Image, display_side: int) -> np.ndarray:

@@ -33,10 +33,10 @@ from prefect.cache_policies import NO_CACHE
 from storage.catalog import FOLDER_SOURCE, HELD_OUT_SOURCE, Catalog, CatalogItems, object_array
 from storage.dataset import DatasetDescription
 from storage.errors import UserError
-from storage.files import escape_name, read_regular_file
-from storage.images import MAX_FILE_BYTES, ImageRejected, NormalisedImage, normalise_image
+from storage.files import escape_name
+from storage.images import ImageRejected, NormalisedImage, normalise_file
 from storage.runtime import usable_cpus
-from tasks.ingest import IMAGE_EXTENSIONS, RejectedFile, rejection_lines
+from tasks.ingest import IMAGE_EXTENSIONS, RejectedFile, rejection_lines, unsupported_type_reason
 from tasks.logs import step_logger
 
 QUERY_SPLITS = ("test", "validation", "val")
@@ -98,8 +98,7 @@ def _listing(root: Path, classes: list[str], rejected: list[RejectedFile], prefi
                 rejected.append(RejectedFile(relative, "a folder inside a class folder: put images directly in "
                                                        "<class>/"))
             elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                suffix = Path(entry.name).suffix or "(none)"
-                rejected.append(RejectedFile(relative, f"unsupported file type {suffix}: use PNG or JPEG"))
+                rejected.append(RejectedFile(relative, unsupported_type_reason(entry.name)))
             else:
                 found.append((relative, label))
     return found
@@ -108,11 +107,7 @@ def _listing(root: Path, classes: list[str], rejected: list[RejectedFile], prefi
 def _normalise(folder: Path, relative: str, dataset: DatasetDescription) -> NormalisedImage | str:
     """The normalised image, or the reason it cannot be used."""
     try:
-        data, _ = read_regular_file(folder / relative, MAX_FILE_BYTES + 1)
-    except OSError as error:
-        return f"cannot be read ({error.strerror or error})"
-    try:
-        return normalise_image(data, dataset, with_display=True)
+        return normalise_file(folder / relative, dataset, with_display=True)
     except ImageRejected as error:
         return str(error)
 

@@ -65,6 +65,11 @@ from storage.session import is_out_of_space
 from tasks.logs import step_logger
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+def unsupported_type_reason(name: str) -> str:
+    """Why a file of another type than IMAGE_EXTENSIONS is not taken (the drop folder and the images folder)."""
+    return f"unsupported file type {Path(name).suffix or '(none)'}: use PNG or JPEG (.png, .jpg, .jpeg)"
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial")
 DEFAULT_SETTLE_SECONDS = 2.0
 SYMLINK_REASON = "symbolic links are not followed"
@@ -200,8 +205,7 @@ def _walk(incoming: Path, now: float, settle_seconds: float, classes: DropClasse
             elif not entry.is_file(follow_symlinks=False):
                 yield relative, None, f"{_kind(entry)}, not a regular file: drop image files only", None
             elif not entry.name.lower().endswith(IMAGE_EXTENSIONS):
-                suffix = Path(entry.name).suffix or "(none)"
-                yield relative, None, f"unsupported file type {suffix}: use PNG or JPEG (.png, .jpg, .jpeg)", None
+                yield relative, None, unsupported_type_reason(entry.name), None
             else:
                 yield relative, UNLABELLED if label is None else label, None, None
 
