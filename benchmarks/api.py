@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.common import machine
+from benchmarks.common import free_port, machine, wait_until_serving
 from storage.home import DataHome
 from storage.images import encode_png
 from storage.releases import latest_release_id
@@ -42,12 +42,6 @@ def copy_home(source: DataHome, target: Path) -> DataHome:
     shutil.copytree(source.root, target, copy_function=link_or_copy,
                     ignore=shutil.ignore_patterns("incoming", "processed", "rejected", "tmp", ".writer.*"))
     return DataHome(target).ensure()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def load(base: str, bodies: list[bytes], concurrency: int, count: int, seconds: float,
@@ -144,20 +138,6 @@ def main(argv=None) -> dict:
                                                         / result["ui_search_call"]["images_per_s"], 2)
         result["c8_p99_vs_c1_p50"] = round(levels[8]["p99_ms"] / levels[1]["p50_ms"], 2)
     return result
-
-
-def wait_until_serving(base: str, server: subprocess.Popen, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("the service stopped while starting; run `python -m ui.api --verbose` to see why")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the service did not answer /health within {timeout_s:.0f} s")
 
 
 def switch_under_load(base: str, bodies: list[bytes], home: DataHome, seconds: float) -> dict:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -41,3 +43,27 @@ def median_ms(fn, repeats: int, warmup: int = 5) -> float:
         fn()
         samples.append((time.perf_counter() - started) * 1000)
     return statistics.median(samples)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test or benchmark starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_serving(base: str, server: subprocess.Popen, timeout_s: float = 180) -> None:
+    """Wait until `python -m ui.api` at `base` answers /health with 200; SystemExit if it stops or never does."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit("the service stopped while starting; run `python -m ui.api --verbose` to see why")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the service did not answer /health within {timeout_s:.0f} s")

@@ -12,14 +12,13 @@ import argparse
 import inspect
 import json
 import logging
-import os
 import re
 import sys
 import traceback
 import typing
 
 from storage.errors import UserError
-from storage.runtime import VERBOSE_ENV, add_verbose_flag, verbose
+from storage.runtime import add_verbose_flag, parse_command_line, verbose
 
 
 def _param_help(doc: str) -> dict[str, str]:
@@ -83,9 +82,8 @@ class _FailureOnce(logging.Filter):
 
 def run_flow_cli(flow, argv: list[str] | None = None) -> object:
     """Parse argv into the flow's parameters, run it once (ephemeral Prefect), print its result as JSON."""
-    options = vars(build_parser(flow).parse_args(argv))
-    if options.pop("verbose"):
-        os.environ[VERBOSE_ENV] = "1"
+    options = vars(parse_command_line(build_parser(flow), argv))
+    options.pop("verbose")
     if not verbose():
         for handler in logging.getLogger().handlers:
             if type(handler).__name__ == "PrefectConsoleHandler":

@@ -25,6 +25,14 @@ def add_verbose_flag(parser) -> None:
                         help=f"show tracebacks and what native libraries print (also: {VERBOSE_ENV}=1)")
 
 
+def parse_command_line(parser, argv: list[str] | None = None):
+    """`parser.parse_args(argv)`, with --verbose (add_verbose_flag) applied to this process."""
+    args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    return args
+
+
 @contextmanager
 def quiet_native_output() -> Iterator[None]:
     """Send what is written to this process's stdout and stderr meanwhile to /dev/null, unless

@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from benchmarks.common import free_port, wait_until_serving
 from flows.reindex import reindex
 from storage.home import DataHome
 from storage.images import MAX_FILE_BYTES, encode_png
@@ -175,12 +175,6 @@ def test_search_cli_more_like_an_item(published_home):
     assert "no item 999999" in missing["error"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_a_real_uvicorn_process_switches_releases_without_failing_a_request(published_home, tmp_path):
     port = free_port()
     env = {**os.environ, "FASHION_SIM_HOME": str(published_home.root), TOKEN_ENV: "t0ken"}
@@ -189,15 +183,7 @@ def test_a_real_uvicorn_process_switches_releases_without_failing_a_request(publ
     base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": "Bearer t0ken"}
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, server.stdout.read() if server.poll() else ""
-            time.sleep(0.5)
+        wait_until_serving(base, server, timeout_s=120)
         png = query_png(tmp_path)
         expected = search_files(load_release(published_home), [png], 5)[0]
         answer = httpx.post(f"{base}/search?k=5", content=png.read_bytes(), headers=headers).json()

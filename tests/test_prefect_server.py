@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common import free_port
 from flows.serve import wait_for_server
 from storage.home import DataHome
 from storage.releases import latest_release_id, load_release
@@ -24,12 +24,6 @@ from tests.test_reindex import drop_labelled
 
 pytestmark = pytest.mark.server
 DEPLOYMENT = "reindex/drop-folder"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Processes:

@@ -44,7 +44,7 @@ from storage.errors import UserError
 from storage.home import DataHome
 from storage.images import MAX_FILE_BYTES, ImageRejected, ImageTooLarge, encode_png, normalise_image
 from storage.releases import Neighbour, Release, latest_release_id, load_release
-from storage.runtime import VERBOSE_ENV, add_verbose_flag, verbose
+from storage.runtime import add_verbose_flag, parse_command_line, verbose
 
 TOKEN_ENV = "FASHION_SIM_API_TOKEN"
 HOSTS_ENV = "FASHION_SIM_API_HOSTS"  # comma-separated Host header values accepted (set by main for workers)
@@ -366,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cors-origin", action="append", default=[],
                         help="an origin whose web pages may call the service (repeatable; default: CORS off)")
     add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    if args.verbose:
-        os.environ[VERBOSE_ENV] = "1"
+    args = parse_command_line(parser, argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     home = DataHome.from_env(args.data_home or None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from storage.files import escape_name
 from storage.home import DataHome
 from storage.images import ImageRejected, normalise_file
 from storage.releases import Release, load_release
-from storage.runtime import VERBOSE_ENV, add_verbose_flag
+from storage.runtime import add_verbose_flag, parse_command_line
 
 
 def search_files(release: Release, paths: list[Path], k: int) -> list[dict]:
@@ -68,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10, help="neighbours per image (default 10)")
     parser.add_argument("--data-home", default="", help="data home (default $FASHION_SIM_HOME, else ./data)")
     add_verbose_flag(parser)
-    args = parser.parse_args(argv)
-    if args.verbose:
-        os.environ[VERBOSE_ENV] = "1"
+    args = parse_command_line(parser, argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
     if not args.images and not args.item:
