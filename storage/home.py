@@ -1,7 +1,10 @@
 """The data home: one directory that holds everything the pipeline writes.
 
 Layout (see README "Data home"):
-    raw/ arrays/ gallery/ incoming/ processed/ rejected/ releases/ tmp/ catalog.sqlite LATEST .writer.lock
+    raw/ arrays/ gallery/ incoming/ processed/ rejected/ releases/ tmp/ state/ catalog.sqlite LATEST .writer.lock
+
+state/ holds what belongs to this machine's use of the home, not to the store: Prefect's database for
+`make up`, its server log, caches.
 """
 
 from __future__ import annotations
@@ -70,6 +73,11 @@ class DataHome:
     @property
     def latest(self) -> Path:
         return self.root / "LATEST"
+
+    @property
+    def state(self) -> Path:
+        """This machine's state for the home (Prefect's database for `make up`, logs, caches): not the store."""
+        return self.root / "state"
 
     @property
     def writer_lock(self) -> Path:
