@@ -33,9 +33,10 @@ from tasks.reshape import Arrays
 
 
 def copy_home(source: DataHome, target: Path) -> DataHome:
-    """A private copy to publish into: immutable files hard-linked, the catalogue copied (SQLite writes in place)."""
+    """A private copy to publish into: immutable files hard-linked, the catalogue copied (its engine may
+    rewrite a file in place)."""
     def link_or_copy(src, dst):
-        if Path(src).name.startswith("catalog.sqlite"):
+        if source.catalog in Path(src).parents:
             return shutil.copy2(src, dst)
         return os.link(src, dst)
 

@@ -1,57 +1,57 @@
-"""The item catalogue (SQLite): one row per indexed item, with its pixels (the network's input), its
-display copy (photos) and its metadata, so any flow can re-index or retrain on the whole catalogue
-without going back to the original files.
+"""The item catalogue: one row per indexed item, with its pixels (the network's input), its display
+copy (photos) and its metadata, so any flow can re-index or retrain on the whole catalogue without
+going back to the original files. It is a Lance dataset (catalog.lance in the data home): the same
+code on a local folder and on s3://, each write one atomic commit of append-only fragments.
 
 Rows are written under the writer lock *before* the release that contains them is published, tagged
 with that release's id. `forget_unpublished` (run by every writer at start) deletes rows whose
-release never made it into releases/, so a crash between the two leaves nothing behind.
+release never got published, so a crash between the two leaves nothing behind; a write killed before
+its commit leaves only data files no version refers to.
 
 Item ids are never reused: the next free id is the larger of the highest catalogued id + 1 and a
-floor kept in the `meta` table, which a writer raises to the live release's `next_item_id` (so a
-catalogue rebuilt from the live release continues above every id any release ever gave out).
+floor that every writer raises, at the start of its session, to the live release's `next_item_id`
+(so a catalogue rebuilt from the live release continues above every id any release ever gave out).
+
+A catalogue made by earlier versions (catalog.sqlite) is not read: the first writer rebuilds
+catalog.lance from the live release, which holds every item of every published release.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
+import pyarrow as pa
 
 from storage.dataset import DatasetDescription
 from storage.errors import UserError
 from storage.images import content_hash, input_from_display
-from storage.lock import processes_holding
+from storage.location import lance_storage_options
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    item_id      INTEGER PRIMARY KEY,
-    content_hash TEXT    NOT NULL,
-    label        INTEGER NOT NULL,          -- -1 = unlabelled
-    source       TEXT    NOT NULL,          -- DATASET_SOURCE | DROP_SOURCE
-    path         TEXT    NOT NULL,          -- image file (relative to the data home) or dataset reference
-    pixels       BLOB    NOT NULL,          -- the dataset's pixel_shape, uint8, normalised (storage.dataset)
-    release_id   TEXT    NOT NULL,          -- the release that first indexed it
-    added_at     TEXT    NOT NULL,
-    display      BLOB    NOT NULL DEFAULT x'',  -- JPEG display copy (photos); empty: the pixels are shown
-    metadata     TEXT    NOT NULL DEFAULT ''    -- JSON object (sku, title, url...), or empty
-);
-CREATE INDEX IF NOT EXISTS items_hash ON items(content_hash);
-CREATE INDEX IF NOT EXISTS items_release ON items(release_id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-NEXT_ITEM_ID = "next_item_id"
+SCHEMA = pa.schema([
+    ("item_id", pa.int64()),
+    ("content_hash", pa.string()),
+    ("label", pa.int16()),  # -1 = unlabelled
+    ("source", pa.string()),  # DATASET_SOURCE | FOLDER_SOURCE | HELD_OUT_SOURCE | DROP_SOURCE
+    ("path", pa.string()),  # image file (relative to the data home) or dataset reference
+    ("pixels", pa.large_binary()),  # the dataset's pixel_shape, uint8, normalised (storage.dataset)
+    ("release_id", pa.string()),  # the release that first indexed it
+    ("added_at", pa.string()),
+    ("display", pa.large_binary()),  # JPEG display copy (photos); empty: the pixels are shown
+    ("metadata", pa.string()),  # JSON object (sku, title, url...), or empty
+])
 DATASET_SOURCE = "fashion-mnist-train"  # catalogue source of the built-in dataset's training images
 FOLDER_SOURCE = "folder"  # catalogue source of a labelled folder's images (trained on, evaluation's index)
 HELD_OUT_SOURCE = "folder-held-out"  # a folder's held-out images: indexed, never trained on (the queries)
 DROP_SOURCE = "drop"  # catalogue source of items added through the drop folder
-ADDED_COLUMNS = {"display": "BLOB NOT NULL DEFAULT x''", "metadata": "TEXT NOT NULL DEFAULT ''"}  # since "own images"
-DEFAULT_BUSY_TIMEOUT_S = 60.0
+# appends leave one fragment each (a re-index costs what its new items cost); past this many the
+# catalogue is compacted into few files, and versions older than CLEANUP_AFTER are then deleted
+COMPACT_FRAGMENTS = 32
+CLEANUP_AFTER = timedelta(hours=1)
 
 
 @dataclass
@@ -113,166 +113,202 @@ class CatalogError(UserError, RuntimeError):
     """The catalogue cannot be used right now; the message says why and what to do."""
 
 
-def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=timeout_s)
-    try:
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=FULL")
-        connection.executescript(SCHEMA)
-        present = {row[1] for row in connection.execute("PRAGMA table_info(items)")}
-        for column, definition in ADDED_COLUMNS.items():  # a catalogue made before these columns existed
-            if column not in present:
-                connection.execute(f"ALTER TABLE items ADD COLUMN {column} {definition}")
-    except BaseException:
-        connection.close()  # e.g. a full disk: no open file left behind on it
-        raise
-    return connection
+def is_missing_dataset(error: Exception) -> bool:
+    """True for Lance's "no dataset at this path" (a catalogue not written yet)."""
+    return isinstance(error, (ValueError, OSError)) and "was not found" in str(error)
+
+
+def sql_text(value: str) -> str:
+    """`value` as a quoted SQL string literal for a Lance filter."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def binary_rows(column: pa.ChunkedArray | pa.Array) -> list[bytes]:
+    """The values of a binary column as bytes."""
+    return [value or b"" for value in column.to_pylist()]
+
+
+def fixed_size_rows(column: pa.ChunkedArray, size: int) -> np.ndarray | None:
+    """A binary column whose values all have `size` bytes as one (n, size) uint8 array without a copy
+    per row; None when some value has another size."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset: column.offset + len(column) + 1]
+    if len(column) and not np.all(np.diff(offsets) == size):
+        return None
+    data = np.frombuffer(column.buffers()[2], dtype=np.uint8) if len(column) else np.zeros(0, np.uint8)
+    return data[offsets[0]: offsets[0] + size * len(column)].reshape(len(column), size)
 
 
 class Catalog:
-    """The catalogue at `path`. Loading items needs `dataset` (the one the flow works with): it says
-    their pixel shape, and how to re-derive an item's input from its display copy when the catalogue
-    holds it at another side (the run that changes --image-size stores the new inputs once it publishes)."""
+    """The catalogue at `uri` (a local path or s3://...). Loading items needs `dataset` (the one the flow
+    works with): it says their pixel shape, and how to re-derive an item's input from its display copy
+    when the catalogue holds it at another side (the run that changes --image-size stores the new
+    inputs once it publishes)."""
 
-    def __init__(self, path: Path, dataset: DatasetDescription | None = None,
-                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S):
-        self.path = Path(path)
+    def __init__(self, uri: str | Path, dataset: DatasetDescription | None = None):
+        self.uri = str(uri)
         self.dataset = dataset
-        self.busy_timeout_s = busy_timeout_s
+        self.storage_options = lance_storage_options(self.uri)
+        self._floor = 0  # see keep_ids_from
 
-    @contextmanager
-    def _open(self) -> Iterator[sqlite3.Connection]:
-        """A connection; "locked" and "not a database" become one line that says who and what to do."""
+    def _open(self):
+        """The Lance dataset, or None when nothing was catalogued yet; damage becomes one line."""
+        import lance
+
         try:
-            with closing(_connect(self.path, self.busy_timeout_s)) as db:
-                yield db
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) and "busy" not in str(error):
-                raise  # e.g. "database or disk is full": the writer session says what to do
-            holders = "; ".join(processes_holding(self.path)) or "no process of this machine (another machine?)"
+            return lance.dataset(self.uri, storage_options=self.storage_options)
+        except (ValueError, OSError) as error:
+            if is_missing_dataset(error):
+                return None
+            if "No space left" in str(error) or "os error 28" in str(error):
+                raise
             raise CatalogError(
-                f"The catalogue {self.path} stayed locked for {self.busy_timeout_s:g} s; it is open in: "
-                f"{holders}. End the process that holds a transaction on it (for example an open sqlite3 shell) "
-                "and run again. Nothing was changed by this run."
+                f"The catalogue {self.uri} is damaged ({str(error).splitlines()[0][:200]}). Move it aside "
+                f"(mv {self.uri} {self.uri}.damaged) and run again: the next run rebuilds it from the live release."
             ) from None
-        except sqlite3.DatabaseError as error:
-            raise CatalogError(
-                f"The catalogue {self.path} is damaged ({error}). Move it aside (mv {self.path} "
-                f"{self.path}.damaged) and run again: the next run rebuilds it from the live release."
-            ) from None
+
+    def _column(self, name: str, where: str | None = None) -> pa.ChunkedArray:
+        dataset = self._open()
+        if dataset is None:
+            return pa.chunked_array([], SCHEMA.field(name).type)
+        return dataset.to_table(columns=[name], filter=where).column(name)
 
     def count(self) -> int:
-        with self._open() as db:
-            return db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        dataset = self._open()
+        return 0 if dataset is None else dataset.count_rows()
 
     def count_source(self, source: str) -> int:
-        with self._open() as db:
-            return db.execute("SELECT COUNT(*) FROM items WHERE source = ?", (source,)).fetchone()[0]
+        dataset = self._open()
+        return 0 if dataset is None else dataset.count_rows(filter=f"source = {sql_text(source)}")
 
     def next_item_id(self) -> int:
         """The first id never given out (see the module docstring)."""
-        with self._open() as db:
-            highest = db.execute("SELECT MAX(item_id) FROM items").fetchone()[0]
-            floor = db.execute("SELECT value FROM meta WHERE key = ?", (NEXT_ITEM_ID,)).fetchone()
-        next_free = 0 if highest is None else highest + 1
-        return next_free if floor is None else max(next_free, floor[0])
+        ids = self.item_ids()
+        return max(int(ids.max()) + 1 if len(ids) else 0, self._floor)
 
     def keep_ids_from(self, next_item_id: int) -> None:
         """Never give out an id below `next_item_id` (the live release's), whatever rows are lost."""
-        with self._open() as db, db:
-            db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                       "SET value = MAX(value, excluded.value)", (NEXT_ITEM_ID, int(next_item_id)))
+        self._floor = max(self._floor, int(next_item_id))
 
     def paths_and_hashes(self, release_id: str, path_prefix: str) -> list[tuple[str, str]]:
         """(path, content hash) of the items `release_id` catalogued whose path starts with `path_prefix`."""
-        with self._open() as db:
-            rows = db.execute("SELECT path, content_hash FROM items WHERE release_id = ?", (release_id,))
-            return [(path, digest) for path, digest in rows if path.startswith(path_prefix)]
+        dataset = self._open()
+        if dataset is None:
+            return []
+        table = dataset.to_table(columns=["path", "content_hash"], filter=f"release_id = {sql_text(release_id)}")
+        return [(path, digest) for path, digest in zip(table.column("path").to_pylist(),
+                                                       table.column("content_hash").to_pylist())
+                if path.startswith(path_prefix)]
 
     def item_ids(self) -> np.ndarray:
-        with self._open() as db:
-            return np.array([r[0] for r in db.execute("SELECT item_id FROM items")], dtype=np.int64)
+        return self._column("item_id").to_numpy().astype(np.int64)
 
     def find_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
-        """content hash -> item id, for those hashes already catalogued."""
-        wanted = list(set(hashes))
+        """content hash -> item id (the lowest), for those hashes already catalogued."""
+        wanted = set(hashes)
+        dataset = self._open()
+        if not wanted or dataset is None:
+            return {}
+        table = dataset.to_table(columns=["item_id", "content_hash"])
         found: dict[str, int] = {}
-        with self._open() as db:
-            for start in range(0, len(wanted), 500):
-                chunk = wanted[start: start + 500]
-                marks = ",".join("?" * len(chunk))
-                for item_id, digest in db.execute(
-                    f"SELECT item_id, content_hash FROM items WHERE content_hash IN ({marks})", chunk
-                ):
-                    found.setdefault(digest, item_id)
+        for item_id, digest in sorted(zip(table.column("item_id").to_pylist(), table.column("content_hash").to_pylist())):
+            if digest in wanted:
+                found.setdefault(digest, item_id)
         return found
 
     def add(self, items: CatalogItems, release_id: str) -> None:
-        """Insert `items` in one transaction, tagged with the release that indexes them; each row's
-        content hash is the one normalised pixels get everywhere (storage.images.content_hash)."""
+        """Append `items` in one commit, tagged with the release that indexes them; each row's content
+        hash is the one normalised pixels get everywhere (storage.images.content_hash)."""
+        if not len(items):
+            return
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self._open() as db, db:
-            db.executemany(
-                "INSERT INTO items (item_id, content_hash, label, source, path, pixels, release_id, added_at,"
-                " display, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(int(item_id), content_hash(pixels, bytes(display)), int(label), str(source), str(path),
-                  np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), release_id, now, bytes(display),
-                  str(metadata))
-                 for item_id, label, pixels, path, source, display, metadata in zip(
-                     items.item_ids, items.labels, items.images, items.paths, items.sources, items.displays,
-                     items.metadata)],
-            )
+        pixels = [np.ascontiguousarray(image, dtype=np.uint8).tobytes() for image in items.images]
+        displays = [bytes(display) for display in items.displays]
+        table = pa.table({
+            "item_id": pa.array(items.item_ids, pa.int64()),
+            "content_hash": [content_hash(image, display) for image, display in zip(items.images, displays)],
+            "label": pa.array(items.labels, pa.int16()),
+            "source": [str(source) for source in items.sources],
+            "path": [str(path) for path in items.paths],
+            "pixels": pa.array(pixels, pa.large_binary()),
+            "release_id": [release_id] * len(items),
+            "added_at": [now] * len(items),
+            "display": pa.array(displays, pa.large_binary()),
+            "metadata": [str(text) for text in items.metadata],
+        }, schema=SCHEMA)
+        self._write(table)
+
+    def _write(self, table: pa.Table) -> None:
+        import lance
+
+        exists = self._open() is not None
+        dataset = lance.write_dataset(table, self.uri, schema=SCHEMA, mode="append" if exists else "create",
+                                      storage_options=self.storage_options)
+        if len(dataset.get_fragments()) > COMPACT_FRAGMENTS:
+            dataset.optimize.compact_files()
+            dataset.cleanup_old_versions(older_than=CLEANUP_AFTER)
 
     def store_inputs(self, items: CatalogItems) -> int:
         """Keep `items`' network inputs where the catalogue holds them at another size (a run at another
-        image side, once its release is published). Returns how many rows changed."""
+        image side, once its release is published), in one commit. Returns how many rows changed."""
+        dataset = self._open()
+        if dataset is None or not len(items):
+            return 0
         size = int(np.prod(items.images.shape[1:]))
-        with self._open() as db, db:
-            return sum(db.execute("UPDATE items SET pixels = ? WHERE item_id = ? AND length(pixels) != ?",
-                                  (np.ascontiguousarray(pixels, dtype=np.uint8).tobytes(), int(item_id), size)).rowcount
-                       for item_id, pixels in zip(items.item_ids, items.images))
+        table = dataset.to_table()
+        stored = binary_rows(table.column("pixels"))
+        new = dict(zip(items.item_ids.tolist(), items.images))
+        changed = [row for row, (item_id, pixels) in enumerate(zip(table.column("item_id").to_pylist(), stored))
+                   if item_id in new and len(pixels) != size]
+        if not changed:
+            return 0
+        rows = table.take(changed)
+        pixels = [np.ascontiguousarray(new[item_id], np.uint8).tobytes() for item_id in rows.column("item_id").to_pylist()]
+        rows = rows.set_column(SCHEMA.get_field_index("pixels"), SCHEMA.field("pixels"), pa.array(pixels, pa.large_binary()))
+        dataset.merge_insert("item_id").when_matched_update_all().execute(rows)
+        return len(changed)
 
     def load(self) -> CatalogItems:
         """Every catalogued item, by id."""
-        return self._select("", ())
+        return self._select(None)
 
-    def _select(self, where: str, params: tuple) -> CatalogItems:
-        """Items as stored, with inputs of another size re-derived from their display copies."""
+    def _select(self, where: str | None) -> CatalogItems:
+        """Items as stored, by id, with inputs of another size re-derived from their display copies."""
         if self.dataset is None:
             raise ValueError("Catalog needs the dataset to load items")
         shape = self.dataset.pixel_shape
         size = int(np.prod(shape))
-        with self._open() as db:
-            rows = db.execute(
-                f"SELECT item_id, label, pixels, path, source, display, metadata FROM items {where} ORDER BY item_id",
-                params).fetchall()
-
-        def pixels(stored: bytes, display: bytes) -> bytes:
-            if len(stored) == size or not display:
-                return stored
-            return input_from_display(display, self.dataset).tobytes()
-
+        dataset = self._open()
+        columns = ["item_id", "label", "pixels", "path", "source", "display", "metadata"]
+        table = (SCHEMA.empty_table().select(columns) if dataset is None else
+                 dataset.to_table(columns=columns, filter=where).sort_by("item_id"))
+        displays = binary_rows(table.column("display"))
+        images = fixed_size_rows(table.column("pixels"), size)
+        if images is None:
+            images = np.frombuffer(b"".join(
+                stored if len(stored) == size or not display else input_from_display(display, self.dataset).tobytes()
+                for stored, display in zip(binary_rows(table.column("pixels")), displays)), dtype=np.uint8)
         return CatalogItems(
-            item_ids=np.array([r[0] for r in rows], dtype=np.int64),
-            labels=np.array([r[1] for r in rows], dtype=np.int16),
-            images=np.frombuffer(b"".join(pixels(r[2], r[5]) for r in rows), dtype=np.uint8).reshape(len(rows), *shape),
-            paths=np.array([r[3] for r in rows], dtype=str),
-            sources=np.array([r[4] for r in rows], dtype=str),
-            displays=object_array([bytes(r[5]) for r in rows]),
-            metadata=np.array([r[6] for r in rows], dtype=str),
+            item_ids=table.column("item_id").to_numpy().astype(np.int64),
+            labels=table.column("label").to_numpy().astype(np.int16),
+            images=np.asarray(images).reshape(len(table), *shape),
+            paths=np.array(table.column("path").to_pylist(), dtype=str),
+            sources=np.array(table.column("source").to_pylist(), dtype=str),
+            displays=object_array(displays),
+            metadata=np.array(table.column("metadata").to_pylist(), dtype=str),
         )
 
     def load_labelled_after(self, item_id: int) -> CatalogItems:
         """Items training may use (CatalogItems.trainable) with ids above `item_id`: what a model trained up
         to that id has not seen."""
-        return self._select("WHERE label >= 0 AND source != ? AND item_id > ?", (HELD_OUT_SOURCE, int(item_id)))
+        return self._select(f"label >= 0 AND source != {sql_text(HELD_OUT_SOURCE)} AND item_id > {int(item_id)}")
 
     def forget_unpublished(self, published_release_ids: set[str]) -> int:
-        """Delete rows written for releases that never got published (a crashed run). Returns count."""
-        with self._open() as db, db:
-            release_ids = [r[0] for r in db.execute("SELECT DISTINCT release_id FROM items")]
-            orphans = [rid for rid in release_ids if rid not in published_release_ids]
-            deleted = 0
-            for rid in orphans:
-                deleted += db.execute("DELETE FROM items WHERE release_id = ?", (rid,)).rowcount
-        return deleted
+        """Delete rows written for releases that never got published (a crashed run), in one commit.
+        Returns how many."""
+        release_ids = self._column("release_id").to_numpy(zero_copy_only=False)
+        orphans = sorted(set(release_ids.tolist()) - set(published_release_ids))
+        if not orphans:
+            return 0
+        self._open().delete(f"release_id IN ({', '.join(sql_text(rid) for rid in orphans)})")
+        return int(np.isin(release_ids, orphans).sum())

@@ -1,7 +1,7 @@
 """The data home: one directory that holds everything the pipeline writes.
 
 Layout (see README "Data home"):
-    raw/ arrays/ gallery/ incoming/ processed/ rejected/ releases/ tmp/ state/ catalog.sqlite LATEST .writer.lock
+    raw/ arrays/ gallery/ incoming/ processed/ rejected/ releases/ tmp/ state/ catalog.lance/ LATEST .writer.lock
 
 state/ holds what belongs to this machine's use of the home, not to the store: Prefect's database for
 `make up`, its server log, caches.
@@ -68,7 +68,7 @@ class DataHome:
 
     @property
     def catalog(self) -> Path:
-        return self.root / "catalog.sqlite"
+        return self.root / "catalog.lance"
 
     @property
     def latest(self) -> Path:

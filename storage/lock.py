@@ -11,7 +11,6 @@ import os
 import socket
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterator
 
 from filelock import FileLock, Timeout
@@ -62,27 +61,3 @@ def _say_who_holds(home: DataHome, holder: str) -> None:
             f"{holder or 'a writer'} pid={os.getpid()} host={socket.gethostname()} since={since}\n")
     except OSError:
         pass
-
-
-def processes_holding(path: Path) -> list[str]:
-    """'pid N (command) since TIME' for each process of this machine that has `path` (or its SQLite
-    -wal / -shm companions) open, read from /proc; empty where /proc cannot tell."""
-    wanted = {str(Path(path).resolve()) + suffix for suffix in ("", "-wal", "-shm", "-journal")}
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if not any(os.readlink(fd) in wanted for fd in (proc / "fd").iterdir()):
-                continue
-            command = " ".join((proc / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
-            found.append(f"pid {proc.name} ({command[:80] or '?'}) since {_process_start(proc)}")
-        except OSError:  # gone meanwhile, or not ours to look at
-            continue
-    return found
-
-
-def _process_start(proc: Path) -> str:
-    ticks = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22: start time
-    boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                if line.startswith("btime "))
-    started = datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), timezone.utc)
-    return started.isoformat(timespec="seconds")

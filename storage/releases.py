@@ -495,5 +495,5 @@ def recover(home: DataHome) -> Recovery:
         if live is None or (newest.get("parent") == live and complete[-1] > live):
             set_latest(home, complete[-1])
             rolled_forward = complete[-1]
-    forgotten = Catalog(home.catalog).forget_unpublished(set(complete)) if home.catalog.exists() else 0
+    forgotten = Catalog(home.catalog).forget_unpublished(set(complete))
     return Recovery(tuple(removed), rolled_forward, forgotten)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Iterator
@@ -29,9 +28,8 @@ from storage.lock import writer_lock
 from storage.releases import NoReleaseError, Recovery, Release, load_release, next_item_id_of, recover
 
 OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# SQLite's names for a full disk: a write that finds no room, and a WAL catalogue whose 32 KiB shared
-# memory file cannot be made when it is opened ("disk I/O error"; found by tests/test_full_disk.py)
-OUT_OF_SPACE_SQLITE_ERRORS = ("SQLITE_FULL", "SQLITE_IOERR_SHMSIZE")
+# how Lance (Rust's io errors, passed on as text) names a full disk or quota
+OUT_OF_SPACE_MESSAGES = ("os error 28", "os error 122", "No space left on device", "Disk quota exceeded")
 
 
 class StoreFullError(UserError, RuntimeError):
@@ -39,10 +37,10 @@ class StoreFullError(UserError, RuntimeError):
 
 
 def is_out_of_space(error: BaseException) -> bool:
-    """True for the ways a full disk (or quota) shows: ENOSPC/EDQUOT, or SQLite's errors for it."""
+    """True for the ways a full disk (or quota) shows: ENOSPC/EDQUOT, or the catalogue engine's text for it."""
     if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
         return True
-    return isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorname", "") in OUT_OF_SPACE_SQLITE_ERRORS
+    return any(message in str(error) for message in OUT_OF_SPACE_MESSAGES)
 
 
 @dataclass

@@ -71,8 +71,6 @@ CASES = [  # (bytes left free, step at which the disk fills up; None: before the
     pytest.param(0, None, id="nothing-free-before-the-run"),
     pytest.param(36 * KIB, None, id="36k-free-before-the-run"),  # today: the session's first catalogue write
     pytest.param(48 * KIB, None, id="48k-free-before-the-run"),  # today: the catalogue insert
-    # SQLite needs 32 KiB for the catalogue's shared-memory index each time it opens it: with less, it
-    # fails at the open ("disk I/O error", SQLITE_IOERR_SHMSIZE), as in the first case
     pytest.param(36 * KIB, "catalogue insert", id="36k-free-at-catalogue-insert"),
     pytest.param(0, "release files", id="full-at-release-files"),
     pytest.param(0, "LATEST pointer", id="full-at-LATEST-pointer"),

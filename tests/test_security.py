@@ -130,7 +130,7 @@ def test_dropped_file_over_the_size_limit_is_rejected_without_reading_it_all(tmp
     incoming.mkdir()
     with open(incoming / "huge.png", "wb") as handle:  # sparse: no disk space used
         handle.truncate(MAX_FILE_BYTES * 4)
-    scan = scan_drop_folder(incoming, Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST), 0, FASHION_MNIST,
+    scan = scan_drop_folder(incoming, Catalog(tmp_path / "catalog.lance", FASHION_MNIST), 0, FASHION_MNIST,
                             settle_seconds=0)
     assert [r.relative for r in scan.rejected] == ["huge.png"]
     assert "MB limit" in scan.rejected[0].reason

@@ -167,7 +167,7 @@ def test_a_child_release_hard_links_its_parents_segments(home):
 
 
 def test_catalogue_add_find_and_load(tmp_path):
-    catalog = Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST)
+    catalog = Catalog(tmp_path / "catalog.lance", FASHION_MNIST)
     assert catalog.count() == 0 and catalog.next_item_id() == 0
     items, _ = make_items(6)
     items.labels[5] = -1  # unlabelled
@@ -182,7 +182,7 @@ def test_catalogue_add_find_and_load(tmp_path):
 
 
 def test_forget_unpublished_deletes_only_rows_of_unknown_releases(tmp_path):
-    catalog = Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST)
+    catalog = Catalog(tmp_path / "catalog.lance", FASHION_MNIST)
     first, _ = make_items(3)
     second, _ = make_items(2, first_id=3)
     catalog.add(first, "published")

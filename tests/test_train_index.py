@@ -112,7 +112,7 @@ def test_warm_start_begins_from_the_initial_models_weights(tiny_set, seed_one_mo
 
 def test_embed_items_gives_unit_vectors_per_item(tmp_path, tiny_set, seed_one_model):
     images, labels = tiny_set
-    catalog = Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST)
+    catalog = Catalog(tmp_path / "catalog.lance", FASHION_MNIST)
     catalogue_dataset(catalog, images, labels, "r1")
     items = catalog.load()
     embeddings = embed_items(make_embedder(seed_one_model[0]), items)
@@ -122,7 +122,7 @@ def test_embed_items_gives_unit_vectors_per_item(tmp_path, tiny_set, seed_one_mo
 
 def test_catalogue_dataset_adds_the_training_set_once(tmp_path, tiny_set):
     images, labels = tiny_set
-    catalog = Catalog(tmp_path / "catalog.sqlite", FASHION_MNIST)
+    catalog = Catalog(tmp_path / "catalog.lance", FASHION_MNIST)
     assert catalogue_dataset(catalog, images, labels, "r1") == len(images)
     assert catalogue_dataset(catalog, images, labels, "r2") == 0
     items = catalog.load()
