@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,24 +24,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from benchmarks.common import free_port, machine, wait_until_serving
+from benchmarks.common import copy_home, free_port, machine, wait_until_serving
 from storage.home import DataHome
 from storage.images import encode_png
 from storage.releases import latest_release_id
 from tasks.reshape import Arrays
-
-
-def copy_home(source: DataHome, target: Path) -> DataHome:
-    """A private copy to publish into: immutable files hard-linked, the catalogue copied (its engine may
-    rewrite a file in place)."""
-    def link_or_copy(src, dst):
-        if source.catalog in Path(src).parents:
-            return shutil.copy2(src, dst)
-        return os.link(src, dst)
-
-    shutil.copytree(source.root, target, copy_function=link_or_copy,
-                    ignore=shutil.ignore_patterns("incoming", "processed", "rejected", "tmp", ".writer.*"))
-    return DataHome(target).ensure()
 
 
 def load(base: str, bodies: list[bytes], concurrency: int, count: int, seconds: float,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.home import DataHome
 from tasks.reshape import SPLITS, read_idx_images, read_idx_labels
 
 DEFAULT_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
@@ -67,3 +69,24 @@ def wait_until_serving(base: str, server: subprocess.Popen, timeout_s: float = 1
             pass
         time.sleep(0.5)
     raise SystemExit(f"the service did not answer /health within {timeout_s:.0f} s")
+
+
+def copy_home(source: DataHome, target: Path) -> DataHome:
+    """A private copy of a data home to publish into (the home given is never changed): releases and
+    segments are hard-linked where the filesystem allows (they are immutable), everything else is
+    copied (the catalogue's engine may rewrite a file in place); the drop folder and scratch are left out."""
+    immutable = (source.root / "releases", source.root / "segments")
+
+    def link_or_copy(src: str, dst: str) -> str:
+        if any(folder in Path(src).parents for folder in immutable):
+            try:
+                os.link(src, dst)
+                return dst
+            except OSError:  # another filesystem
+                pass
+        return shutil.copy2(src, dst)
+
+    shutil.copytree(source.root, target, copy_function=link_or_copy,
+                    ignore=shutil.ignore_patterns("incoming", "processed", "rejected", "tmp", "state", ".writer.*"))
+    return DataHome(target).ensure()
+

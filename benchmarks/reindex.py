@@ -24,6 +24,7 @@ from storage.catalog import DATASET_SOURCE, Catalog, CatalogItems
 from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.releases import ModelRecord, ReleaseManifest, ReleaseWriter, load_release
+from storage.search_index import segment_key
 from storage.runtime import load_tensorflow
 from tasks.publish import publish_release
 from tasks.train import TrainConfig, build_model
@@ -104,10 +105,11 @@ def main(argv=None) -> dict:
                     raise SystemExit(f"expected {args.new} indexed, got {outcome}")
                 release = load_release(home)
                 runs.append({"seconds": round(seconds, 2), "indexed": outcome["indexed"],
-                             "new_segment_bytes": folder_bytes(release.path / "segments" / release.manifest["segments"][-1]),
+                             "new_segment_bytes": folder_bytes(home.root / segment_key(release.manifest["segments"][-1]["name"])),
                              "release_items": len(release.items)})
             results.append({"index_items": size, "store_build_seconds": round(build_seconds, 1),
-                            "index_bytes_hard_linked": folder_bytes(release.path / "segments") - runs[-1]["new_segment_bytes"],
+                            "index_bytes_shared": sum(folder_bytes(home.root / segment_key(record["name"]))
+                                                      for record in release.manifest["segments"][:-1]),
                             "runs": runs, "median_seconds": round(float(np.median([r["seconds"] for r in runs])), 2)})
     result = {"machine": machine(), "load_average_1min": round(os.getloadavg()[0], 2), "new_images_per_run": args.new,
               "tensorflow_import_seconds": round(tensorflow_seconds, 1),

@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine, median_ms
+from benchmarks.common import copy_home, machine, median_ms
 from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.images import encode_png
@@ -41,25 +40,6 @@ from tasks.reshape import Arrays
 K = 10
 TARGET_RATIO = 1.5
 FIGURES = ("search_ms", "nearest_ms")
-
-
-def copy_home(source: Path, target: Path) -> DataHome:
-    """Copy a data home; release files are hard-linked (releases are immutable) where the filesystem
-    allows, the catalogue, LATEST and the rest are copied, and incoming/ is copied empty."""
-    releases = source / "releases"
-
-    def link_or_copy(src: str, dst: str) -> str:
-        if releases in Path(src).parents:
-            try:
-                os.link(src, dst)
-                return dst
-            except OSError:  # another filesystem
-                pass
-        return shutil.copy2(src, dst)
-
-    shutil.copytree(source, target, copy_function=link_or_copy,
-                    ignore=lambda folder, names: names if Path(folder) == source / "incoming" else [])
-    return DataHome(target)
 
 
 def drop_pngs(incoming: Path, images: np.ndarray, labels: np.ndarray, run: int, rng: np.random.Generator) -> None:
@@ -109,7 +89,7 @@ def main(argv=None) -> dict:
     rng = np.random.default_rng(0)
 
     with tempfile.TemporaryDirectory(prefix="benchmark-segments-") as scratch:
-        home = copy_home(source.root, Path(scratch) / "home")
+        home = copy_home(source, Path(scratch) / "home")
         pipeline_release = load_release(home)
         after_pipeline = one_query_ms(pipeline_release, queries, args.repeats)
 

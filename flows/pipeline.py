@@ -15,7 +15,7 @@ from prefect import flow
 
 from storage.embedder import make_embedder
 from storage.home import DataHome
-from storage.releases import ReleaseWriter
+from storage.releases import ReleaseWriter, release_key
 from storage.session import writer_session
 from tasks.embed import embed_task
 from tasks.evaluate import DEFAULT_GATE_TOLERANCE, headline
@@ -112,7 +112,7 @@ def pipeline(
               "metrics": headline(outcome.metrics), "train_seconds": history["train_seconds"], **source.summary}
     if outcome.release_id is None:
         return {**result, "release_id": session.live.release_id if session.live else None}
-    return {**result, "release_id": outcome.release_id, "path": str(home.release_dir(outcome.release_id))}
+    return {**result, "release_id": outcome.release_id, "path": str(home.store.url(release_key(outcome.release_id)))}
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 DEFAULT_HOME = "data"
@@ -28,6 +29,13 @@ class DataHome:
         """The data home named by `root`, else $FASHION_SIM_HOME, else ./data."""
         chosen = root if root not in (None, "") else os.environ.get(HOME_ENV) or DEFAULT_HOME
         return cls(Path(chosen).expanduser().resolve())
+
+    @cached_property
+    def store(self):
+        """The store's files (storage/objects.py): releases, segments, the pointer, the gallery."""
+        from storage.objects import open_store
+
+        return open_store(str(self.root), self.state / "cache")
 
     @property
     def raw(self) -> Path:
@@ -56,10 +64,6 @@ class DataHome:
     @property
     def releases(self) -> Path:
         return self.root / "releases"
-
-    def release_dir(self, release_id: str) -> Path:
-        """Where a published release lives (storage.releases.read_manifest checks it stays inside)."""
-        return self.releases / release_id
 
     @property
     def tmp(self) -> Path:

@@ -1,32 +1,34 @@
-"""Releases: immutable directories holding a model, the embedded catalogue and its metrics.
+"""Releases: immutable sets of files naming a model, the segments it searches and its metrics.
 
-A release is written under tmp/, fsynced, renamed into releases/<id>/ (atomic on one filesystem),
-and only then does LATEST move (os.replace). Readers resolve LATEST once and open only complete
-releases, so they never see half of one and never wait for a writer.
+A release is built in a local scratch folder (tmp/<id>/), then published as a whole through the store
+(storage/objects.py: one rename on a local home; on s3://, every file uploaded and the manifest last),
+and only then does LATEST move. Readers resolve LATEST once and open only complete releases (those
+with a valid manifest), so they never see half of one and never wait for a writer.
 
     releases/<id>/
-        manifest.json        written last; lists every file with its size
+        manifest.json        written last: format, segments (name, Lance version, rows, graph size),
+                             model_release, and every file it reads with its size
         model.keras          the embedding network (tf-keras format: config + h5 weights, no pickle)
         embedder.tflite      the same network compiled for queries (storage/embedder.py)
         metrics.json         evaluation of this release (see tasks/evaluate.py)
-        segments/<name>/     embeddings.npy item_ids.npy labels.npy images.npy paths.npy sources.npy
+    segments/<name>.lance    a segment's items and embeddings (Lance dataset, storage/search_index.py)
+    segments/<name>.hnsw     its HNSW graph, for large segments
 
-Segments are immutable too: a re-index hard-links the live release's segments into the new release
-and adds one segment with the new items, so its cost grows with the new items, not the index. Once
-the live release has MAX_MINOR_SEGMENTS segments besides its largest, the re-index merges them with
-the new items into one, so segments stay few between retrains (a retrain or pipeline run writes one).
-Segments of ANN_MIN_ITEMS or more hold an HNSW graph (storage/search_index.py).
+Segments and models are immutable and shared: a re-index refers to the live release's segments and
+model (`model_release`) and adds one segment with the new items, so its cost grows with the new items,
+not the index, on a local folder and on object storage alike. Once the live release has
+MAX_MINOR_SEGMENTS segments besides its largest, the re-index merges them with the new items into one,
+so segments stay few between retrains (a retrain or pipeline run writes one).
 Every manifest records `next_item_id`, the first item id no release has given out, so ids are never
 reused even when the catalogue has to be rebuilt from the releases. Flows describe a release with
 ReleaseManifest and ModelRecord (the one spelling of its keys); segments are written and loaded by
 the index module (storage/search_index.py), which this module only tells which segments to use.
-Nothing in a release is unpickled: arrays load with allow_pickle=False, the model from its config.
+Nothing in a release is unpickled: Lance columns and JSON, and the model from its config.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -37,21 +39,29 @@ from typing import Any
 
 import numpy as np
 
-from storage.atomic import atomic_write_text, fsync_dir, fsync_file, leftover_temp_files
+from storage.atomic import leftover_temp_files
 from storage.catalog import Catalog, CatalogItems
 from storage.dataset import FASHION_MNIST, DatasetDescription
 from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
 from storage.errors import UserError
-from storage.files import NotRegularFileError, read_regular_file
+from storage.files import NotRegularFileError
 from storage.home import REASON_SUFFIX, DataHome
-from storage.search_index import (SEGMENT_ARRAYS, SegmentedIndex, blob_files, exact_knn, load_segments,
-                                  read_segment, segment_size, write_segment)
+from storage.objects import OutsideStoreError
+from storage.search_index import (SEGMENTS, SegmentedIndex, exact_knn, graph_key, load_segments, read_segment,
+                                  segment_key, write_segment)
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
+LATEST = "LATEST"  # the store's pointer to the live release: one line, its id
+RELEASES = "releases"  # the store's folder of releases
 RELEASE_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z$")
+SEGMENT_NAME_PATTERN = re.compile(r"^(\d{8}T\d{12}Z)-\d+$")  # <the release that wrote it>-<n>
 LATEST_MAX_BYTES = 4096  # a release id and a newline; anything longer is not a pointer of this store
+# manifests of this format list segments as Lance datasets shared by releases; releases written by
+# earlier versions (numpy segments inside each release) are converted once by CONVERT_COMMAND
+STORE_FORMAT = 2
+CONVERT_COMMAND = "python -m storage.convert"
 # a re-index merges the segments besides the largest once there are this many: each graph among them
 # costs a query about 10 us more and each segment is six files to open when a release loads (small
 # graph-less ones are searched as one block, see SegmentedIndex). 50 re-index runs of 10 images then
@@ -119,75 +129,102 @@ def new_release_id() -> str:
 # ----------------------------------------------------------------------------------------- reading
 
 
+def release_key(release_id: str, name: str = "") -> str:
+    """Where a release (or its file `name`) is in the store."""
+    return f"{RELEASES}/{release_id}/{name}" if name else f"{RELEASES}/{release_id}"
+
+
 def restore_latest_hint(home: DataHome) -> str:
     """What to run to point LATEST at a release again (or to publish a first one)."""
     complete = complete_release_ids(home)
     if not complete:
         return "run `make demo` or `python -m flows.pipeline` to publish a release."
-    return (f"restore the pointer with `echo {complete[-1]} > {home.latest}` (releases/ holds "
+    return (f"restore the pointer with `echo {complete[-1]} > {home.latest}` ({RELEASES}/ holds "
             f"{len(complete)} complete release(s); that is the newest).")
 
 
-def latest_release_id(home: DataHome) -> str | None:
-    """The id LATEST points at, validated to be a plain release id; None when nothing is published."""
+def read_latest(home: DataHome) -> tuple[str | None, str | None]:
+    """The id LATEST points at, validated to be a plain release id (None when nothing is published),
+    and the pointer's version (what a conditional replace of it must name)."""
     try:
-        data, _ = read_regular_file(home.latest, LATEST_MAX_BYTES)
-    except FileNotFoundError:
-        return None
+        data, version = home.store.read_versioned(LATEST, LATEST_MAX_BYTES + 1)
     except NotRegularFileError as error:
         raise ReleaseError(f"{home.latest} is {error.kind}, not the file that names the live release; "
                            f"refusing it. Remove it, then {restore_latest_hint(home)}") from None
-    text = data.decode("utf-8", errors="replace").strip()
-    if not RELEASE_ID_PATTERN.match(text):
+    if data is None:
+        return None, None
+    text = data[:LATEST_MAX_BYTES].decode("utf-8", errors="replace").strip()
+    if len(data) > LATEST_MAX_BYTES or not RELEASE_ID_PATTERN.match(text):
         raise ReleaseError(
             f"{home.latest} holds {text[:80]!r}, which is not a release id of this store; refusing to "
-            "load it. Point it at a directory name under releases/ or publish a new release."
+            f"load it. Point it at a release under {RELEASES}/ or publish a new release."
         )
-    return text
+    return text, version
+
+
+def latest_release_id(home: DataHome) -> str | None:
+    """The id LATEST points at; None when nothing is published."""
+    return read_latest(home)[0]
 
 
 def read_manifest(home: DataHome, release_id: str) -> dict[str, Any]:
-    """The manifest of a complete release inside this store's releases/, checked; else ReleaseError."""
+    """The manifest of a complete release of this store, checked; else ReleaseError."""
     if not RELEASE_ID_PATTERN.match(release_id or ""):
         raise ReleaseError(f"{release_id!r} is not a release id of this store")
-    releases = home.releases.resolve()
-    path = (releases / release_id).resolve()
-    if path.parent != releases:
-        raise ReleaseError(f"release {release_id} resolves outside {releases}; refusing to load it")
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
+        manifest = json.loads(home.store.read_bytes(release_key(release_id, MANIFEST)))
+    except OutsideStoreError:
+        raise ReleaseError(f"release {release_id} resolves outside {home.store.uri}; refusing to load it") from None
+    except (FileNotFoundError, NotADirectoryError, NotRegularFileError):
         raise ReleaseError(f"release {release_id} has no manifest.json: it is not a complete release") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ReleaseError(f"release {release_id} has an unreadable manifest.json ({error})") from None
-    if (manifest.get("release_id") != release_id or not isinstance(manifest.get("files"), dict)
-            or not isinstance(manifest.get("segments"), list)):
+    if not isinstance(manifest, dict) or manifest.get("release_id") != release_id:
         raise ReleaseError(f"release {release_id} has a manifest that does not describe it; refusing it")
-    # everything load_release opens must be a listed (so size-checked, inside-the-release) file
-    needed = [MODEL_FILE, *(f"segments/{name}/{array}.npy" for name in manifest["segments"]
-                            for array in SEGMENT_ARRAYS)]
-    needed += [blob for name in manifest["segments"] for blob in blob_files(name) if (path / blob).exists()]
-    unlisted = [relative for relative in needed if relative not in manifest["files"]]
+    if manifest.get("format") != STORE_FORMAT:
+        raise ReleaseError(f"release {release_id} was written by an earlier version of this project; convert "
+                           f"the data home once with `{CONVERT_COMMAND}` (it keeps every release and item)")
+    segments, files = manifest.get("segments"), manifest.get("files")
+    if (not isinstance(segments, list) or not isinstance(files, dict)
+            or not all(isinstance(s, dict) and SEGMENT_NAME_PATTERN.match(str(s.get("name"))) for s in segments)):
+        raise ReleaseError(f"release {release_id} has a manifest that does not describe it; refusing it")
+    # everything load_release opens must be a listed (so size-checked, store-relative) file
+    needed = [model_key(manifest, MODEL_FILE), *(graph_key(s["name"]) for s in segments if "graph_bytes" in s)]
+    unlisted = [key for key in needed if key not in files]
     if unlisted:
         raise ReleaseError(f"release {release_id} is damaged: its manifest does not list {unlisted[0]}")
-    for relative, size in manifest["files"].items():
-        file = (path / relative).resolve()
-        if path not in file.parents or not file.is_file() or file.stat().st_size != size:
-            raise ReleaseError(f"release {release_id} is damaged: {relative} is missing or has the wrong size")
+    for key, size in files.items():
+        if not is_release_file_key(key) or home.store.size(key) != size:
+            raise ReleaseError(f"release {release_id} is damaged: {key} is missing or has the wrong size")
     return manifest
 
 
+def model_key(manifest: dict[str, Any], name: str) -> str:
+    """Where the file `name` of a release's model is: in the release that trained it."""
+    owner = manifest.get("model_release", manifest.get("release_id"))
+    if not RELEASE_ID_PATTERN.match(str(owner)):
+        raise ReleaseError(f"release {manifest.get('release_id')} names no valid model release; refusing it")
+    return release_key(owner, name)
+
+
+def is_release_file_key(key: str) -> bool:
+    """True for the keys a manifest may list: a release's own file or a segment's graph, nothing else."""
+    parts = str(key).split("/")
+    if len(parts) == 3 and parts[0] == RELEASES:
+        return bool(RELEASE_ID_PATTERN.match(parts[1])) and parts[2] in (MODEL_FILE, EMBEDDER_FILE, METRICS_FILE)
+    return (len(parts) == 2 and parts[0] == SEGMENTS and parts[1].endswith(".hnsw")
+            and bool(SEGMENT_NAME_PATTERN.match(parts[1].removesuffix(".hnsw"))))
+
+
 def complete_release_ids(home: DataHome) -> list[str]:
-    """Ids of the releases in releases/ that have a valid manifest, oldest first."""
-    if not home.releases.is_dir():
-        return []
+    """Ids of the releases that have a valid manifest, oldest first."""
     found = []
-    for entry in sorted(home.releases.iterdir()):
+    for name in home.store.list(RELEASES):
         try:
-            read_manifest(home, entry.name)
+            read_manifest(home, name)
         except ReleaseError:
             continue
-        found.append(entry.name)
+        found.append(name)
     return found
 
 
@@ -212,7 +249,7 @@ class Release:
     """A loaded release: the catalogue's embeddings, its items, and the model that embeds queries."""
 
     release_id: str
-    path: Path
+    store: Any = field(repr=False)  # storage.objects.LocalStore | S3Store: where its files are
     manifest: dict[str, Any]
     embeddings: np.ndarray  # float32 (n, d), unit length
     items: CatalogItems
@@ -253,16 +290,21 @@ class Release:
 
         tf = load_tensorflow()
         load_tensorflow_similarity()  # registers MetricEmbedding with Keras
-        self._model = tf.keras.models.load_model(self.path / MODEL_FILE, compile=False, safe_mode=True)
+        self._model = tf.keras.models.load_model(self.local_file(MODEL_FILE), compile=False, safe_mode=True)
+
+    def local_file(self, name: str) -> Path:
+        """A local path to this release's model file `name` (downloaded once from object storage)."""
+        key = model_key(self.manifest, name)
+        return self.store.local_file(key, self.manifest["files"].get(key))
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Embed uint8 images (n, *dataset.pixel_shape) with this release's model."""
         if self._embed_fn is None:
-            compiled = self.path / EMBEDDER_FILE
             # releases published before the compiled embedder existed compile their model on load
             mirror = bool(self.manifest["model"].get("mirror_average", False))
-            self._embed_fn = (Embedder.load(compiled, mirror) if compiled.exists() else
-                              make_embedder(self.model, mirror))
+            self._embed_fn = (Embedder.load(self.local_file(EMBEDDER_FILE), mirror)
+                              if model_key(self.manifest, EMBEDDER_FILE) in self.manifest["files"]
+                              else make_embedder(self.model, mirror))
         return self._embed_fn(images)
 
     def nearest(self, query_embeddings: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -344,60 +386,60 @@ def load_release(home: DataHome, release_id: str | None = None) -> Release:
         state = "(LATEST is missing)" if complete_release_ids(home) else "yet"
         raise NoReleaseError(f"No release is published in {home.root} {state}: {restore_latest_hint(home)}")
     manifest = read_manifest(home, release_id)
-    path = home.release_dir(release_id)
-    items, embeddings, index = load_segments([path / "segments" / name for name in manifest["segments"]])
-    metrics_path = path / METRICS_FILE
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return Release(release_id, path, manifest, embeddings, items, metrics, index)
+    dataset = DatasetDescription.from_dict(manifest["dataset"]) if manifest.get("dataset") else FASHION_MNIST
+    items, embeddings, index = load_segments(home.store, manifest["segments"], dataset.pixel_shape)
+    return Release(release_id, home.store, manifest, embeddings, items, read_metrics(home, manifest), index)
+
+
+def read_metrics(home: DataHome, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The evaluation of a release (read_manifest's checked manifest); empty when it has none."""
+    key = release_key(manifest["release_id"], METRICS_FILE)
+    return json.loads(home.store.read_bytes(key)) if key in manifest["files"] else {}
 
 
 # ----------------------------------------------------------------------------------------- writing
 
 
 class ReleaseWriter:
-    """Builds one release under tmp/; `publish` makes it visible in one atomic step."""
+    """Builds one release in a local scratch folder and the store's segments/; `publish` makes it
+    visible in one atomic step, `discard` removes what it wrote."""
 
     def __init__(self, home: DataHome):
         self.home = home.ensure()
         self.release_id = new_release_id()
-        self.path = home.tmp / self.release_id
-        (self.path / "segments").mkdir(parents=True)
-        self.segments: list[str] = []
-        self.next_item_id = 0  # raised by every segment added or linked, and by the parent at publish
+        self.path = home.tmp / self.release_id  # the release's own files, until publish
+        self.path.mkdir(parents=True)
+        self.segments: list[dict[str, Any]] = []  # the records of the segments it searches, in order
+        self.model_release = self.release_id  # whose model.keras and embedder.tflite it serves
+        self.next_item_id = 0  # raised by every segment added or referred to, and by the parent at publish
+        self.published = False
 
     def add_segment(self, items: CatalogItems, embeddings: np.ndarray) -> str:
         name = f"{self.release_id}-{len(self.segments)}"
-        write_segment(self.path / "segments" / name, items, embeddings)
-        self.segments.append(name)
+        self.segments.append(write_segment(self.home.store, name, items, embeddings, self.path))
         if len(items):
             self.next_item_id = max(self.next_item_id, int(items.item_ids.max()) + 1)
         return name
 
     def link_segments_from(self, release: Release, names: list[str] | None = None) -> None:
-        """Reuse a release's segments (all, or `names`) by hard link: no copy, the originals never modified."""
-        for name in release.manifest["segments"] if names is None else names:
-            source = release.path / "segments" / name
-            target = self.path / "segments" / name
-            target.mkdir()
-            for file in source.iterdir():
-                os.link(file, target / file.name)
-            self.segments.append(name)
+        """Search a release's segments (all, or `names`) too: shared, never copied nor modified."""
+        self.segments += [record for record in release.manifest["segments"] if names is None or record["name"] in names]
         self.next_item_id = max(self.next_item_id, next_item_id_of(release.manifest, release.items))
 
     def extend(self, base: Release, items: CatalogItems | None, embeddings: np.ndarray | None) -> None:
-        """`base`'s segments plus the new items: linked as they are and one new segment, or, once `base`
-        has MAX_MINOR_SEGMENTS segments besides its largest, those merged with the new items into one."""
-        sizes = {name: segment_size(base.path / "segments" / name) for name in base.manifest["segments"]}
-        largest = max(sizes, key=sizes.get)
-        minor = [name for name in base.manifest["segments"] if name != largest]
+        """`base`'s segments plus the new items: referred to as they are and one new segment, or, once
+        `base` has MAX_MINOR_SEGMENTS segments besides its largest, those merged with the new items into one."""
+        records = base.manifest["segments"]
+        largest = max(records, key=lambda record: record["rows"])
+        minor = [record for record in records if record is not largest]
         new = [] if items is None or not len(items) else [(items, np.asarray(embeddings, np.float32))]
         if len(minor) < MAX_MINOR_SEGMENTS:
             self.link_segments_from(base)
             for new_items, new_embeddings in new:
                 self.add_segment(new_items, new_embeddings)
             return
-        self.link_segments_from(base, [largest])
-        merged = [read_segment(base.path / "segments" / name) for name in minor] + new
+        self.link_segments_from(base, [largest["name"]])
+        merged = [read_segment(self.home.store, record, base.dataset.pixel_shape) for record in minor] + new
         self.add_segment(CatalogItems.concatenate([part for part, _ in merged]),
                          np.concatenate([vectors for _, vectors in merged]))
 
@@ -406,36 +448,50 @@ class ReleaseWriter:
         (self.path / EMBEDDER_FILE).write_bytes(make_embedder(model).flatbuffer)
 
     def link_model_from(self, release: Release) -> None:
-        for name in (MODEL_FILE, EMBEDDER_FILE):
-            if (release.path / name).exists():
-                os.link(release.path / name, self.path / name)
+        """Serve `release`'s model (shared, not copied)."""
+        self.model_release = release.manifest.get("model_release", release.release_id)
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         (self.path / name).write_text(json.dumps(payload, indent=2, sort_keys=True))
 
+    def _files(self) -> dict[str, int]:
+        """Every file the release reads, store-relative, with its size: its own, its model's, its graphs'."""
+        files = {release_key(self.release_id, file.relative_to(self.path).as_posix()): file.stat().st_size
+                 for file in sorted(self.path.rglob("*")) if file.is_file() and not file.name.endswith(".hnsw")}
+        if self.model_release != self.release_id:
+            model = read_manifest(self.home, self.model_release)["files"]
+            files.update({key: size for key, size in model.items()
+                          if key.startswith(release_key(self.model_release, "")) and not key.endswith(METRICS_FILE)})
+        files.update({graph_key(record["name"]): record["graph_bytes"] for record in self.segments
+                      if "graph_bytes" in record})
+        return files
+
     def publish(self, manifest: ReleaseManifest) -> str:
-        """fsync everything, write the manifest, rename into releases/, then move LATEST."""
-        files = {}
-        for file in sorted(p for p in self.path.rglob("*") if p.is_file()):
-            fsync_file(file)
-            files[file.relative_to(self.path).as_posix()] = file.stat().st_size
+        """Write the manifest, publish the release folder through the store, then move LATEST."""
         if manifest.parent:  # ids the parent gave out stay given out, whatever this release holds
             self.next_item_id = max(self.next_item_id, next_item_id_of(read_manifest(self.home, manifest.parent)))
-        full = {**manifest.as_dict(), "release_id": self.release_id, "segments": self.segments, "files": files,
+        full = {**manifest.as_dict(), "format": STORE_FORMAT, "release_id": self.release_id,
+                "segments": self.segments, "model_release": self.model_release, "files": self._files(),
                 "next_item_id": self.next_item_id,
                 "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (self.path / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
-        fsync_file(self.path / MANIFEST)
-        for folder in [*(p for p in self.path.rglob("*") if p.is_dir()), self.path]:
-            fsync_dir(folder)
-        final = self.home.release_dir(self.release_id)
-        os.rename(self.path, final)
-        fsync_dir(self.home.releases)
+        self.home.store.publish_folder(self.path, release_key(self.release_id), last=MANIFEST)
+        self.published = True  # complete from here: the next writer rolls LATEST forward if the move fails
         set_latest(self.home, self.release_id)
         return self.release_id
 
     def discard(self) -> None:
+        """Remove what this writer wrote, unless its release got published: its scratch folder and the
+        segments it added to the store."""
         shutil.rmtree(self.path, ignore_errors=True)
+        for record in [] if self.published else self.segments:
+            if record["name"].startswith(self.release_id + "-"):
+                delete_segment(self.home, record["name"])
+
+
+def delete_segment(home: DataHome, name: str) -> None:
+    home.store.delete(segment_key(name))
+    home.store.delete(graph_key(name))
 
 
 def next_item_id_of(manifest: dict[str, Any], items: CatalogItems | None = None) -> int:
@@ -447,8 +503,10 @@ def next_item_id_of(manifest: dict[str, Any], items: CatalogItems | None = None)
 
 
 def set_latest(home: DataHome, release_id: str) -> None:
+    """Point LATEST at a complete release (storage.lock checks, on object storage, that this writer
+    still holds the lease and that nobody moved the pointer since it last did)."""
     read_manifest(home, release_id)
-    atomic_write_text(home.latest, release_id + "\n")
+    home.store.write_bytes(LATEST, (release_id + "\n").encode())
 
 
 @dataclass(frozen=True)
@@ -473,11 +531,13 @@ class Recovery:
 def recover(home: DataHome) -> Recovery:
     """Undo what a killed writer left. Call with the writer lock held, before writing anything.
 
-    - tmp/ leftovers (half-written releases, partial downloads of a dead run) are deleted, and so are
+    - scratch leftovers (half-built releases, partial downloads of a dead run) are deleted, and so are
       the temporary files of reason files that a killed drop-folder run was writing in rejected/
       (nothing of the user's can match: hidden files are never moved out of incoming/);
+    - release folders without a manifest (a publish to object storage cut short) are deleted, and so
+      are the segments written by a release that never got published;
     - a complete release built on the live one whose LATEST move was lost is published (roll forward);
-    - catalogue rows of releases that never reached releases/ are deleted.
+    - catalogue rows of releases that never got published are deleted.
     """
     home.ensure()
     removed = []
@@ -487,8 +547,19 @@ def recover(home: DataHome) -> Recovery:
     for leftover in leftover_temp_files(home.rejected, f"*{REASON_SUFFIX}"):
         leftover.unlink()
         removed.append(leftover.relative_to(home.root).as_posix())
+    for name in home.store.list(RELEASES):
+        if RELEASE_ID_PATTERN.match(name) and not home.store.exists(release_key(name, MANIFEST)):
+            home.store.delete(release_key(name))
+            removed.append(release_key(name))
     complete = complete_release_ids(home)
-    live = latest_release_id(home) if home.latest.exists() else None
+    published = {name for name in home.store.list(RELEASES) if home.store.exists(release_key(name, MANIFEST))}
+    for entry in home.store.list(SEGMENTS):
+        name = entry.removesuffix(".lance").removesuffix(".hnsw")
+        written_by = SEGMENT_NAME_PATTERN.match(name)
+        if written_by and written_by.group(1) not in published:
+            home.store.delete(f"{SEGMENTS}/{entry}")
+            removed.append(f"{SEGMENTS}/{entry}")
+    live = latest_release_id(home)
     rolled_forward = None
     if complete and complete[-1] != live:
         newest = read_manifest(home, complete[-1])

@@ -1,15 +1,18 @@
 """The index: writing a release's segments, loading them, and nearest-neighbour search over them.
 
-A segment is a folder of arrays (SEGMENT_ARRAYS: the items and their embeddings) and, for segments of
-ANN_MIN_ITEMS or more, an HNSW graph; `write_segment` adds one, `load_segments` opens a release's
-segments as one CatalogItems, one embedding matrix and a SegmentedIndex whose `nearest` searches them.
-storage/releases.py decides which segments a release holds and delegates the rest here.
+A segment is a Lance dataset (segments/<name>.lance in the store: the items and their embeddings,
+one row each) and, for segments of ANN_MIN_ITEMS or more, an HNSW graph beside it
+(segments/<name>.hnsw). Segments are immutable and shared: a release lists the segments it searches
+(name, Lance version, rows, graph size), so a re-index adds one small segment and refers to the live
+release's others, on a local folder and on s3:// alike. `write_segment` adds one, `load_segments`
+opens a release's segments as one CatalogItems, one embedding matrix and a SegmentedIndex whose
+`nearest` searches them. storage/releases.py decides which segments a release holds.
 
 Large segments (a full pipeline or retrain embeds the whole catalogue into one) carry an HNSW graph
-(hnswlib, saved beside the segment's arrays as hnsw.bin: a plain binary format, nothing unpickled)
-built once when the segment is written. Small segments (items added by the drop folder) are searched
-exactly. A query searches every segment and merges, so adding items never rebuilds the big graph.
-`exact_knn` is the brute-force reference used by evaluation and to check the graph's recall.
+(hnswlib: a plain binary format, nothing unpickled) built once when the segment is written; small
+segments (items added by the drop folder) are searched exactly. A query searches every segment and
+merges, so adding items never rebuilds the big graph. Search runs in memory: a release is read whole
+when it opens. `exact_knn` is the brute-force reference used by evaluation and to check the graph's recall.
 """
 
 from __future__ import annotations
@@ -17,21 +20,20 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from storage.catalog import CatalogItems, object_array
+from storage.catalog import CatalogItems, binary_rows, fixed_size_rows, object_array
+from storage.location import lance_storage_options
 from storage.runtime import usable_cpus
 
 # segments of at least this many items get a graph: beside a 60,000-item graph, one query searched
 # 1,000 more items exactly in as long as through their own graph (+10 us), 8,000 in +45 us against +16
 # (real embeddings; the sum of the small segments counts, they are searched as one block)
 ANN_MIN_ITEMS = 1_000
-HNSW_FILE = "hnsw.bin"
-SEGMENT_ARRAYS = ("embeddings", "item_ids", "labels", "images", "paths", "sources")  # <name>.npy each
-# variable-length bytes per item, as <name>_bytes.npy (all of them, concatenated) + <name>_ends.npy (int64
-# end offsets): display copies (JPEG) and metadata (UTF-8 JSON). Releases from before they existed lack them.
-SEGMENT_BLOBS = ("displays", "metadata")
+SEGMENTS = "segments"  # the store's folder of segments
 # ef_search 32: 10,000 queries in 0.31 s with recall@10 0.989 vs exact on the real data (ef 48: 0.43 s, 0.995)
 HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 32
 # queries per score matrix in exact search, chunks shared between the cores: 10,000 x 60,000 in 3.6 s
@@ -154,74 +156,83 @@ class SegmentedIndex:
         return distances[order][None].astype(np.float32), rows[order][None]
 
 
-def write_segment(folder: Path, items: CatalogItems, embeddings: np.ndarray) -> None:
-    """A new segment in `folder` (created): its arrays (never pickled) and, when it is large, its graph."""
-    folder.mkdir()
-    arrays = {"embeddings": np.asarray(embeddings, np.float32), "item_ids": items.item_ids, "labels": items.labels,
-              "images": items.images, "paths": items.paths.astype(str), "sources": items.sources.astype(str)}
-    for key, value in arrays.items():
-        np.save(folder / f"{key}.npy", value, allow_pickle=False)
-    _save_blobs(folder, "displays", [bytes(display) for display in items.displays])
-    _save_blobs(folder, "metadata", [str(text).encode() for text in items.metadata])
-    if len(items) >= ANN_MIN_ITEMS:
-        build_hnsw(arrays["embeddings"], folder / HNSW_FILE)
+def segment_key(name: str) -> str:
+    """Where segment `name`'s Lance dataset is in the store."""
+    return f"{SEGMENTS}/{name}.lance"
 
 
-def _save_blobs(folder: Path, name: str, blobs: list[bytes]) -> None:
-    ends = np.cumsum([len(blob) for blob in blobs], dtype=np.int64)
-    np.save(folder / f"{name}_bytes.npy", np.frombuffer(b"".join(blobs), np.uint8), allow_pickle=False)
-    np.save(folder / f"{name}_ends.npy", ends, allow_pickle=False)
+def graph_key(name: str) -> str:
+    """Where segment `name`'s HNSW graph is in the store (large segments only)."""
+    return f"{SEGMENTS}/{name}.hnsw"
 
 
-def _load_blobs(folder: Path, name: str, count: int) -> list[memoryview]:
-    """The blobs as views of the memory-mapped file (a release's display copies are not read into
-    memory until shown); empty ones for a segment written before it had them."""
-    if not (folder / f"{name}_ends.npy").exists():
-        return [memoryview(b"")] * count
-    ends = np.load(folder / f"{name}_ends.npy", allow_pickle=False)
-    if not len(ends) or ends[-1] == 0:  # none (Fashion-MNIST has no display copies): no view per item
-        return [memoryview(b"")] * count
-    data = np.load(folder / f"{name}_bytes.npy", mmap_mode="r", allow_pickle=False)
-    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
-    return [memoryview(data[start:end]) for start, end in zip(starts, ends)]
+def segment_table(items: CatalogItems, embeddings: np.ndarray) -> pa.Table:
+    embeddings = np.ascontiguousarray(embeddings, np.float32)
+    dim = embeddings.shape[1] if embeddings.ndim == 2 else 0
+    return pa.table({
+        "item_id": pa.array(items.item_ids, pa.int64()),
+        "label": pa.array(items.labels, pa.int16()),
+        "path": [str(path) for path in items.paths],
+        "source": [str(source) for source in items.sources],
+        "image": pa.array([np.ascontiguousarray(image, np.uint8).tobytes() for image in items.images], pa.large_binary()),
+        "display": pa.array([bytes(display) for display in items.displays], pa.large_binary()),
+        "metadata": [str(text) for text in items.metadata],
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.ravel(), pa.float32()), dim),
+    })
 
 
-def blob_files(segment: str) -> list[str]:
-    """The blob files of a segment, relative to its release, that a release must list when it has them."""
-    return [f"segments/{segment}/{name}_{part}.npy" for name in SEGMENT_BLOBS for part in ("bytes", "ends")]
+def write_segment(store, name: str, items: CatalogItems, embeddings: np.ndarray, scratch: Path,
+                  build_graph: bool = True) -> dict[str, Any]:
+    """A new segment in `store`: its Lance dataset (one commit) and, when it is large (and `build_graph`),
+    its graph, built in the local folder `scratch` and then put in place. Returns its record for the
+    release manifest."""
+    import lance
+
+    dataset = lance.write_dataset(segment_table(items, embeddings), store.url(segment_key(name)), mode="create",
+                                  storage_options=lance_storage_options(store.uri))
+    record = {"name": name, "version": int(dataset.version), "rows": len(items)}
+    if build_graph and len(items) >= ANN_MIN_ITEMS:
+        local = Path(scratch) / f"{name}.hnsw"
+        build_hnsw(np.asarray(embeddings, np.float32), local)
+        record["graph_bytes"] = local.stat().st_size
+        store.put_file(local, graph_key(name))
+    return record
 
 
-def has_graph(folder: Path) -> bool:
-    return (folder / HNSW_FILE).exists()
+def read_segment(store, record: dict[str, Any], image_shape: tuple[int, ...]) -> tuple[CatalogItems, np.ndarray]:
+    """A segment's items (images in `image_shape`) and embeddings (float32), at the version its record names."""
+    import lance
+
+    table = lance.dataset(store.url(segment_key(record["name"])), version=int(record["version"]),
+                          storage_options=lance_storage_options(store.uri)).to_table()
+    count = len(table)
+    images = fixed_size_rows(table.column("image"), int(np.prod(image_shape)))
+    vectors = table.column("embedding").combine_chunks()
+    dim = vectors.type.list_size
+    embeddings = vectors.values.to_numpy(zero_copy_only=False).reshape(count, dim) if count else np.zeros((0, dim))
+    metadata = table.column("metadata").to_pylist()
+    items = CatalogItems(item_ids=table.column("item_id").to_numpy().astype(np.int64),
+                         labels=table.column("label").to_numpy().astype(np.int16),
+                         images=images.reshape(count, *image_shape),
+                         paths=np.array(table.column("path").to_pylist(), dtype=str),
+                         sources=np.array(table.column("source").to_pylist(), dtype=str),
+                         displays=object_array(binary_rows(table.column("display"))),
+                         metadata=np.array(metadata, dtype=str) if any(metadata) else np.full(count, "", dtype="<U1"))
+    return items, np.ascontiguousarray(embeddings, np.float32)
 
 
-def segment_size(folder: Path) -> int:
-    return len(np.load(folder / "item_ids.npy", mmap_mode="r"))
-
-
-def read_segment(folder: Path) -> tuple[CatalogItems, np.ndarray]:
-    """A segment's items and embeddings (float32)."""
-    arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False) for name in SEGMENT_ARRAYS}
-    count = len(arrays["item_ids"])
-    displays = object_array(_load_blobs(folder, "displays", count))
-    texts = _load_blobs(folder, "metadata", count)
-    metadata = (np.array([bytes(text).decode() for text in texts], dtype=str) if any(texts) else
-                np.full(count, "", dtype="<U1"))
-    items = CatalogItems(item_ids=arrays["item_ids"], labels=arrays["labels"], images=arrays["images"],
-                         paths=arrays["paths"], sources=arrays["sources"], displays=displays, metadata=metadata)
-    return items, np.ascontiguousarray(arrays["embeddings"], np.float32)
-
-
-def load_segments(folders: list[Path]) -> tuple[CatalogItems, np.ndarray, SegmentedIndex]:
-    """The segments in `folders`, in order, as one catalogue of items, one embedding matrix, and the
+def load_segments(store, records: list[dict[str, Any]], image_shape: tuple[int, ...]
+                  ) -> tuple[CatalogItems, np.ndarray, SegmentedIndex]:
+    """The segments of `records`, in order, as one catalogue of items, one embedding matrix, and the
     index that searches them (rows of both are the index's rows; each segment's embeddings are a view
     of the matrix's rows, so the release holds them once)."""
-    parts = [read_segment(folder) for folder in folders]
+    parts = [read_segment(store, record, image_shape) for record in records]
     embeddings = np.ascontiguousarray(np.concatenate([part for _, part in parts]), np.float32)
     segments, offset = [], 0
-    for folder, (_, part) in zip(folders, parts):
+    for record, (_, part) in zip(records, parts):
         rows = embeddings[offset: offset + len(part)]
-        graph = load_hnsw(folder / HNSW_FILE, rows.shape[1], len(rows)) if has_graph(folder) else None
+        graph = (load_hnsw(store.local_file(graph_key(record["name"]), record["graph_bytes"]), rows.shape[1], len(rows))
+                 if "graph_bytes" in record else None)
         segments.append(Segment(offset, rows, graph))
         offset += len(part)
     return CatalogItems.concatenate([items for items, _ in parts]), embeddings, SegmentedIndex(segments)

@@ -18,7 +18,8 @@ from prefect.cache_policies import NO_CACHE
 from storage.catalog import CatalogItems
 from storage.dataset import DatasetDescription, read_home_dataset, write_home_dataset
 from storage.home import DataHome
-from storage.releases import METRICS_FILE, ModelRecord, Release, ReleaseManifest, ReleaseWriter, complete_release_ids
+from storage.releases import (METRICS_FILE, ModelRecord, Release, ReleaseManifest, ReleaseWriter, complete_release_ids,
+                              release_key)
 from storage.session import WriterSession
 from tasks.embed import embed_items
 from tasks.evaluate import GateDecision, evaluate_release, gate, markdown_report, report_artifact
@@ -47,7 +48,7 @@ def publish_release(home: DataHome, writer: ReleaseWriter, manifest: ReleaseMani
     except BaseException:
         writer.discard()
         raise
-    step_logger().info("publish: release %s is live (%s)", release_id, home.release_dir(release_id))
+    step_logger().info("publish: release %s is live (%s)", release_id, home.store.url(release_key(release_id)))
     return release_id
 
 

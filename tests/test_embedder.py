@@ -57,8 +57,8 @@ def test_threads_sharing_one_embedder_get_their_own_answers(model):
 
 def test_a_published_release_carries_its_compiled_embedder(published_home):
     release = load_release(published_home)
-    assert (release.path / EMBEDDER_FILE).exists()
-    assert EMBEDDER_FILE in release.manifest["files"]
+    assert release.local_file(EMBEDDER_FILE).is_file()
+    assert f"releases/{release.release_id}/{EMBEDDER_FILE}" in release.manifest["files"]
     images = release.items.images[:5]
     np.testing.assert_allclose(release.embed(images), make_embedder(release.model)(images), atol=1e-5)
 

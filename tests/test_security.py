@@ -54,22 +54,22 @@ def test_symlinked_release_pointing_outside_is_refused(published_home, tmp_path)
         load_release(published_home)
 
 
-def _drop_segment_file(manifest, folder):
-    segment = manifest["segments"][0]
-    (folder / "segments" / segment / "labels.npy").unlink()
+def _drop_model_file(manifest, folder):
+    (folder.parent / manifest["model_release"] / "model.keras").unlink()
 
 
 def _grow_a_file(manifest, folder):
-    with open(folder / "metrics.json", "a") as handle:
+    metrics = next(key for key in manifest["files"] if key.endswith("metrics.json"))
+    with open(folder.parent.parent / metrics, "a") as handle:
         handle.write(" ")
 
 
 def _segment_outside(manifest, folder):
-    manifest["segments"] = ["../../../outside"]
+    manifest["segments"] = [{"name": "../../../outside", "version": 1, "rows": 1}]
 
 
 def _unlisted_model(manifest, folder):
-    del manifest["files"]["model.keras"]
+    del manifest["files"][f"releases/{manifest['model_release']}/model.keras"]
 
 
 def _listed_file_outside(manifest, folder):
@@ -80,10 +80,10 @@ def _listed_file_outside(manifest, folder):
     (lambda m, f: m.clear() or m.update(broken=True), "does not describe it"),
     (lambda m, f: m.update(release_id="20000101T000000000000Z"), "does not describe it"),
     (lambda m, f: m.pop("files"), "does not describe it"),
-    (_drop_segment_file, "missing or has the wrong size"),
+    (_drop_model_file, "missing or has the wrong size"),
     (_grow_a_file, "missing or has the wrong size"),
-    (_segment_outside, "does not list segments/../../../outside"),
-    (_unlisted_model, "does not list model.keras"),
+    (_segment_outside, "does not describe it"),
+    (_unlisted_model, "does not list releases/.*/model.keras"),
     (_listed_file_outside, "missing or has the wrong size"),
 ], ids=["not-this-release", "wrong-release-id", "no-file-list", "file-missing", "size-mismatch",
         "segment-outside", "model-unlisted", "file-outside"])

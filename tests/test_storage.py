@@ -1,5 +1,5 @@
-"""storage: the data home, atomic writes, releases (publish, LATEST, load, search, hard-linked
-segments), the catalogue, and recovery after a killed writer."""
+"""storage: the data home, atomic writes, releases (publish, LATEST, load, search, shared segments),
+the catalogue, and recovery after a killed writer."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from storage.catalog import Catalog, CatalogItems
 from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
 from storage.images import content_hash
-from storage.releases import (MANIFEST, METRICS_FILE, MODEL_FILE, NoReleaseError, ReleaseManifest, ReleaseWriter,
-                              complete_release_ids, latest_release_id, load_release, recover, set_latest)
+from storage.releases import (MANIFEST, METRICS_FILE, MODEL_FILE, STORE_FORMAT, NoReleaseError, ReleaseManifest,
+                              ReleaseWriter, complete_release_ids, latest_release_id, load_release, recover,
+                              set_latest)
 
 DIM = 8
 
@@ -32,7 +33,7 @@ def make_items(count: int, first_id: int = 0, seed: int = 0) -> tuple[CatalogIte
 
 
 def publish(home: DataHome, count: int, first_id: int = 0, base=None, parent=None, seed: int = 0) -> str:
-    """A release with `base`'s segments (hard-linked) plus `count` new items. Its model file is a
+    """A release with `base`'s segments (shared) plus `count` new items. Its model file is a
     placeholder: these tests never embed, so they never load TensorFlow."""
     writer = ReleaseWriter(home)
     (writer.path / MODEL_FILE).write_bytes(b"placeholder model")
@@ -110,11 +111,13 @@ def test_publish_writes_a_complete_release_then_moves_latest(home):
     folder = home.releases / release_id
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["release_id"] == release_id and manifest["kind"] == "test"
-    assert manifest["segments"] == [f"{release_id}-0"]
+    assert manifest["segments"] == [{"name": f"{release_id}-0", "version": 1, "rows": 30}]
+    assert manifest["format"] == STORE_FORMAT and manifest["model_release"] == release_id
     listed = manifest["files"]
-    on_disk = {p.relative_to(folder).as_posix(): p.stat().st_size
+    on_disk = {p.relative_to(home.root).as_posix(): p.stat().st_size
                for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
-    assert listed == on_disk and METRICS_FILE in listed
+    assert listed == on_disk and f"releases/{release_id}/{METRICS_FILE}" in listed
+    assert (home.root / "segments" / f"{release_id}-0.lance").is_dir()
     assert list(home.tmp.iterdir()) == [] and leftovers(home.root) == []
     assert complete_release_ids(home) == [release_id]
 
@@ -145,16 +148,15 @@ def test_load_release_gives_the_published_items_and_searches_them_exactly(home):
     np.testing.assert_allclose(distances, np.take_along_axis(brute, expected, axis=1), atol=1e-5)
 
 
-def test_a_child_release_hard_links_its_parents_segments(home):
+def test_a_child_release_shares_its_parents_segments(home):
     parent = load_release(home, publish(home, 20))
     child_id = publish(home, 5, first_id=20, base=parent, parent=parent.release_id, seed=1)
     child = load_release(home)
     assert child.release_id == child_id and len(child.items) == 25
     assert child.items.item_ids.tolist() == list(range(25))
-    segment = parent.manifest["segments"][0]
-    for file in (parent.path / "segments" / segment).iterdir():
-        linked = child.path / "segments" / segment / file.name
-        assert linked.stat().st_ino == file.stat().st_ino
+    assert child.manifest["segments"][0] == parent.manifest["segments"][0]  # referred to, not copied
+    assert sorted(p.name for p in (home.root / "segments").iterdir()) == [f"{parent.release_id}-0.lance",
+                                                                          f"{child_id}-1.lance"]
     # the merged search over both segments equals brute force over everything
     queries = child.embeddings[[3, 22]]
     _, rows = child.nearest(queries, 4)
@@ -197,9 +199,13 @@ def test_forget_unpublished_deletes_only_rows_of_unknown_releases(tmp_path):
 def test_recover_cleans_up_after_a_killed_writer(home):
     live = publish(home, 10)
     Catalog(home.catalog, FASHION_MNIST).add(make_items(10)[0], live)
-    # a killed run: a half-written release and a partial file in tmp/, catalogue rows of its release
+    # a killed run: a half-written release, its segment, a partial file in tmp/, catalogue rows of its release
     dead = ReleaseWriter(home)
     dead.add_segment(*make_items(3, first_id=10))
+    # ... and a publish to object storage cut short: a release folder without its manifest
+    cut = home.releases / "20261129T000000000001Z"
+    cut.mkdir()
+    (cut / MODEL_FILE).write_bytes(b"half")
     (home.tmp / ".train-images.gz.part").write_bytes(b"half")
     Catalog(home.catalog, FASHION_MNIST).add(make_items(3, first_id=10)[0], dead.release_id)
     # ... and a drop-folder run killed while writing a reason file, beside files that are the user's
@@ -211,17 +217,18 @@ def test_recover_cleans_up_after_a_killed_writer(home):
         (run / name).write_bytes(data)
     report = recover(home)
     assert sorted(report.removed_tmp) == sorted([
-        dead.release_id, ".train-images.gz.part",
+        dead.release_id, ".train-images.gz.part", f"segments/{dead.release_id}-0.lance", f"releases/{cut.name}",
         "rejected/20261129T000000000000Z-reindex/.shirt.png.reason.txt.k3x9q2.part"])
     assert report.forgotten_catalog_rows == 3 and report.rolled_forward is None
-    assert list(home.tmp.iterdir()) == []
+    assert list(home.tmp.iterdir()) == [] and not cut.exists()
+    assert [p.name for p in (home.root / "segments").iterdir()] == [f"{live}-0.lance"]
     assert {p.name: p.read_bytes() for p in run.iterdir()} == users
     assert Catalog(home.catalog, FASHION_MNIST).count() == 10 and latest_release_id(home) == live
     assert not recover(home)
 
 
 def test_recover_rolls_latest_forward_to_a_complete_child_of_the_live_release(home):
-    """A writer killed between renaming its release into releases/ and moving LATEST."""
+    """A writer killed between publishing its release folder and moving LATEST."""
     live = publish(home, 10)
     child = publish(home, 5, first_id=10, base=load_release(home, live), parent=live)
     set_latest(home, live)  # the LATEST move that was lost

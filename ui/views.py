@@ -18,8 +18,8 @@ import pandas as pd
 from storage.catalog import DROP_SOURCE
 from storage.home import GALLERY_INDEX, DataHome
 from storage.images import decode_display, normalise_file, normalise_image
-from storage.releases import (METRICS_FILE, RETRIEVAL_METRICS, Neighbour, Release, complete_release_ids, load_release,
-                              read_manifest)
+from storage.releases import (RETRIEVAL_METRICS, Neighbour, Release, complete_release_ids, load_release, read_manifest,
+                              read_metrics)
 
 SAME_CLASS = (46, 160, 67)  # frame colour of a neighbour of the query's class
 OTHER_CLASS = (214, 39, 40)
@@ -170,13 +170,11 @@ def release_history(home: DataHome) -> pd.DataFrame:
     evaluated (a re-index carries its parent's figures over: not a new point), oldest first."""
     rows = []
     for release_id in complete_release_ids(home):
-        metrics_path = home.release_dir(release_id) / METRICS_FILE
-        if not metrics_path.exists():
+        manifest = read_manifest(home, release_id)
+        metrics = read_metrics(home, manifest)
+        if not metrics or "metrics_carried_from" in metrics:
             continue
-        metrics = json.loads(metrics_path.read_text())
-        if "metrics_carried_from" in metrics:
-            continue
-        published = read_manifest(home, release_id).get("published_at")
+        published = manifest.get("published_at")
         figures = {"precision@1": metrics.get("precision@1"), "recall@5": metrics.get("recall@5"),
                    "raw-pixel precision@1": metrics.get("baseline_raw_pixels", {}).get("precision@1")}
         rows += [{"release": release_id, "published": pd.Timestamp(published), "figure": name, "value": value}
