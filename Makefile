@@ -38,6 +38,11 @@ chromium:
 clean-venv:
 	rm -rf $(VENV)
 
+## A real S3 server on this machine (SeaweedFS) for an s3:// data home: README "A store on S3".
+.PHONY: s3
+s3: venv
+	$(PY) -m tests.seaweedfs --dir $(CURDIR)/s3-data --s3-port $${S3_PORT:-8333}
+
 ## Keep learning (README "Keeping current"): each flow once, no server needed.
 .PHONY: reindex retrain up server deploy worker
 reindex: venv

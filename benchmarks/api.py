@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     result = {"machine": machine(), "workers": args.workers}
     with tempfile.TemporaryDirectory(prefix="api-bench-") as scratch:
         home = copy_home(source, Path(scratch) / "home")
-        test_images, _ = Arrays(home.arrays).load("test")
+        test_images, _ = Arrays(home.store).load("test")
         files = []
         for index in range(args.cli_files):
             files.append(Path(scratch) / "queries" / f"q{index:05d}.png")

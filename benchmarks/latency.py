@@ -54,7 +54,7 @@ def main(argv=None) -> dict:
     release = load_release(home)
     release.embed(np.zeros((1, *FASHION_MNIST.pixel_shape), np.uint8))
     load_s = time.perf_counter() - started
-    test_x, test_y = Arrays(home.arrays).load("test")
+    test_x, test_y = Arrays(home.store).load("test")
     queries = test_x.reshape(-1, *FASHION_MNIST.pixel_shape)[: args.batch]
     pngs = [encode_png(q) for q in queries[:1000]]
     counter = iter(range(10**9))

@@ -30,10 +30,9 @@ from tasks.publish import publish_release
 from tasks.train import TrainConfig, build_model
 
 
-def synthetic_store(root: Path, size: int, model, seed: int) -> DataHome:
-    """A data home whose live release indexes `size` random items (catalogued like the training set)."""
+def synthetic_store(home: DataHome, size: int, model, seed: int) -> DataHome:
+    """`home` (empty), its live release indexing `size` random items (catalogued like the training set)."""
     rng = np.random.default_rng(seed)
-    home = DataHome(root).ensure()
     images = rng.integers(0, 256, size=(size, *FASHION_MNIST.pixel_shape), dtype=np.uint8)
     labels = rng.integers(0, 10, size=size).astype(np.int16)
     embeddings = rng.normal(size=(size, 64)).astype(np.float32)
@@ -89,7 +88,7 @@ def main(argv=None) -> dict:
         workdir = Path(args.workdir or scratch)
         for size in args.sizes:
             started = time.perf_counter()
-            home = synthetic_store(workdir / f"store-{size}", size, model, seed=size)
+            home = synthetic_store(DataHome(workdir / f"store-{size}").ensure(), size, model, seed=size)
             build_seconds = time.perf_counter() - started
             if not results:  # start Prefect's ephemeral server outside the measurement
                 started = time.perf_counter()

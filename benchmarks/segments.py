@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=6, help="alternating rounds timing both releases at the end")
     args = parser.parse_args(argv)
     source = DataHome.from_env(args.data_home)
-    test_images, test_labels = Arrays(source.arrays).load("test")
+    test_images, test_labels = Arrays(source.store).load("test")
     test_images = test_images.reshape(-1, *FASHION_MNIST.pixel_shape)
     queries = test_images[: args.repeats]
     dropped = args.runs * args.images_per_run

@@ -53,7 +53,7 @@ def pipeline(
     """Train, index, evaluate and publish a release from Fashion-MNIST or from a folder of your own images.
 
     Args:
-        data_home: where everything is stored (default: $FASHION_SIM_HOME, else ./data)
+        data_home: where everything is stored: a folder or s3://bucket/prefix (default: $FASHION_SIM_HOME, else ./data)
         mirror: directory or base URL holding the four Fashion-MNIST .gz files (default:
             $FASHION_MNIST_MIRROR, else the public mirrors)
         images: a labelled folder of your own photos, <class>/<image> or train/<class>/<image> with an optional

@@ -27,11 +27,13 @@ from tasks.publish import publish_drops_task
 
 @flow(name="reindex")
 def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
-            lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, allow_new_classes: bool = False) -> dict:
+            lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, allow_new_classes: bool = False, incoming: str = "") -> dict:
     """Add the images dropped into incoming/ to a new release, embedded with the live model.
 
     Args:
-        data_home: where everything is stored (default: $FASHION_SIM_HOME, else ./data)
+        data_home: where everything is stored: a folder or s3://bucket/prefix (default: $FASHION_SIM_HOME, else ./data)
+        incoming: the local drop folder, processed/ and rejected/ beside it (default: $FASHION_SIM_INCOMING,
+            else incoming/ in a local data home; required for an s3 home)
         settle_seconds: files modified less than this many seconds ago are left for the next run
         allow_new_classes: a sub-folder of incoming/ that names no class becomes a new class (indexed now,
             trained on at the next retrain) instead of being rejected; "allow_new_classes": true in the
@@ -39,7 +41,7 @@ def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         lock_timeout_s: how long to wait for another run that is writing to the store before stopping
     """
     log = step_logger()
-    home = DataHome.from_env(data_home or None).ensure()
+    home = DataHome.from_env(data_home or None, incoming or None).ensure()
     if not has_pending_files(home.incoming):  # the every-minute case: no lock, no model, no artifact
         return {"published": False, "release_id": latest_release_id(home),
                 "reason": f"nothing to index: {home.incoming} is empty", **DropScan().counts(), "rejections": [],

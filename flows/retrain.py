@@ -43,7 +43,7 @@ def retrain(
     """Fine-tune the live model on new labelled items plus a replay sample; publish if it does not regress.
 
     Args:
-        data_home: where everything is stored (default: $FASHION_SIM_HOME, else ./data)
+        data_home: where everything is stored: a folder or s3://bucket/prefix (default: $FASHION_SIM_HOME, else ./data)
         epochs: training epochs of the fine-tuning
         steps_per_epoch: batches per epoch
         examples_per_class: images of each class per batch
@@ -73,7 +73,7 @@ def retrain(
         candidate = Candidate("retrain", model, embed, items, embed_task(embed, items), config.as_dict(), live.dataset,
                               int(new.item_ids.max()), history, live.release_id,
                               {"new_labelled_items": len(new), "replayed_items": replayed})
-        outcome = release_candidate_task(session, ReleaseWriter(home), candidate, Arrays(home.arrays).load("test"),
+        outcome = release_candidate_task(session, ReleaseWriter(home), candidate, Arrays(home.store).load("test"),
                                          ("retrain-evaluation", "Incremental retrain candidate"), gate_tolerance)
     return {"published": outcome.release_id is not None, "gate": outcome.decision.as_dict(),
             "metrics": headline(outcome.metrics), "new_labelled_items": len(new), "replayed_items": replayed,

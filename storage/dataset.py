@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from storage.atomic import atomic_write_text
 from storage.errors import UserError
 
 DATASET_FILE = "dataset.json"
@@ -126,19 +125,19 @@ def network_input(images: np.ndarray) -> np.ndarray:
     return images[..., None] if images.ndim == 3 else images
 
 
-def read_home_dataset(root: Path) -> DatasetDescription | None:
-    """The dataset a data home holds; None for a home that never recorded one (a new home, or one made
-    before homes recorded their dataset: Fashion-MNIST, the only dataset then)."""
-    path = Path(root) / DATASET_FILE
-    if not path.exists():
+def read_home_dataset(home) -> DatasetDescription | None:
+    """The dataset a data home (storage.home.DataHome) holds; None for a home that never recorded one (a
+    new home, or one made before homes recorded their dataset: Fashion-MNIST, the only dataset then)."""
+    try:
+        return DatasetDescription.from_dict(json.loads(home.store.read_bytes(DATASET_FILE)))
+    except FileNotFoundError:
         return None
-    return DatasetDescription.from_dict(json.loads(path.read_text()))
 
 
-def write_home_dataset(root: Path, dataset: DatasetDescription) -> None:
-    atomic_write_text(Path(root) / DATASET_FILE, json.dumps(dataset.as_dict(), indent=2, sort_keys=True))
+def write_home_dataset(home, dataset: DatasetDescription) -> None:
+    home.store.write_bytes(DATASET_FILE, json.dumps(dataset.as_dict(), indent=2, sort_keys=True).encode())
 
 
-def home_dataset(root: Path) -> DatasetDescription:
+def home_dataset(home) -> DatasetDescription:
     """The dataset a data home holds, Fashion-MNIST unless it recorded another."""
-    return read_home_dataset(root) or FASHION_MNIST
+    return read_home_dataset(home) or FASHION_MNIST

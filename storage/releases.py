@@ -45,7 +45,8 @@ from storage.dataset import FASHION_MNIST, DatasetDescription
 from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
 from storage.errors import UserError
 from storage.files import NotRegularFileError
-from storage.home import REASON_SUFFIX, DataHome
+from storage.home import LATEST, REASON_SUFFIX, DataHome
+from storage.lock import replace_pointer
 from storage.objects import OutsideStoreError
 from storage.search_index import (SEGMENTS, SegmentedIndex, exact_knn, graph_key, load_segments, read_segment,
                                   segment_key, write_segment)
@@ -53,7 +54,6 @@ from storage.search_index import (SEGMENTS, SegmentedIndex, exact_knn, graph_key
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
-LATEST = "LATEST"  # the store's pointer to the live release: one line, its id
 RELEASES = "releases"  # the store's folder of releases
 RELEASE_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z$")
 SEGMENT_NAME_PATTERN = re.compile(r"^(\d{8}T\d{12}Z)-\d+$")  # <the release that wrote it>-<n>
@@ -384,7 +384,7 @@ def load_release(home: DataHome, release_id: str | None = None) -> Release:
     release_id = release_id or latest_release_id(home)
     if release_id is None:
         state = "(LATEST is missing)" if complete_release_ids(home) else "yet"
-        raise NoReleaseError(f"No release is published in {home.root} {state}: {restore_latest_hint(home)}")
+        raise NoReleaseError(f"No release is published in {home.location} {state}: {restore_latest_hint(home)}")
     manifest = read_manifest(home, release_id)
     dataset = DatasetDescription.from_dict(manifest["dataset"]) if manifest.get("dataset") else FASHION_MNIST
     items, embeddings, index = load_segments(home.store, manifest["segments"], dataset.pixel_shape)
@@ -506,7 +506,7 @@ def set_latest(home: DataHome, release_id: str) -> None:
     """Point LATEST at a complete release (storage.lock checks, on object storage, that this writer
     still holds the lease and that nobody moved the pointer since it last did)."""
     read_manifest(home, release_id)
-    home.store.write_bytes(LATEST, (release_id + "\n").encode())
+    replace_pointer(home, (release_id + "\n").encode())
 
 
 @dataclass(frozen=True)
@@ -544,9 +544,10 @@ def recover(home: DataHome) -> Recovery:
     for leftover in home.tmp.iterdir():
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         removed.append(leftover.name)
-    for leftover in leftover_temp_files(home.rejected, f"*{REASON_SUFFIX}"):
+    rejected = home.rejected if home.has_drop_folder else None
+    for leftover in leftover_temp_files(rejected, f"*{REASON_SUFFIX}") if rejected and rejected.is_dir() else []:
         leftover.unlink()
-        removed.append(leftover.relative_to(home.root).as_posix())
+        removed.append(f"rejected/{leftover.relative_to(rejected).as_posix()}")
     for name in home.store.list(RELEASES):
         if RELEASE_ID_PATTERN.match(name) and not home.store.exists(release_key(name, MANIFEST)):
             home.store.delete(release_key(name))

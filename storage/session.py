@@ -63,7 +63,7 @@ def finish_processed_moves(home: DataHome, catalog: Catalog, live: Release | Non
     that are still in incoming/: its writer stopped (killed, disk full) after the release was complete
     and before the moves, and recovery rolled LATEST forward to it. A file is moved only while it
     still has the content that was indexed; otherwise the scan treats it as any other drop."""
-    if live is None or live.manifest.get("kind") != "reindex":
+    if live is None or live.manifest.get("kind") != "reindex" or not home.has_drop_folder:
         return 0
     prefix = home.relative(home.processed / live.release_id) + "/"
     moved = 0
@@ -112,7 +112,7 @@ def writer_session(home: DataHome, holder: str, timeout_s: float | None = None, 
                 if require_live:
                     raise
                 live = None
-            dataset = dataset or (live.dataset if live else home_dataset(home.root))
+            dataset = dataset or (live.dataset if live else home_dataset(home))
             catalog = Catalog(home.catalog, dataset)
             restored = restore_catalog(catalog, live)
             moved = finish_processed_moves(home, catalog, live)

@@ -9,45 +9,42 @@ the query itself out of its neighbours.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.dataset import DatasetDescription
-from storage.home import GALLERY_INDEX
+from storage.home import GALLERY, GALLERY_INDEX
 from storage.images import encode_png
 from tasks.logs import step_logger
 from tasks.sample import balanced_indices
 
 
 
-def export_gallery(test_images: np.ndarray, test_labels: np.ndarray, gallery_dir: Path, gallery_size: int, seed: int,
+def export_gallery(test_images: np.ndarray, test_labels: np.ndarray, store, gallery_size: int, seed: int,
                    dataset: DatasetDescription, displays: list[bytes] | None = None,
                    item_ids: list[int | None] | None = None) -> list[dict]:
+    """The gallery in `store` (storage/objects.py), under gallery/."""
     log = step_logger()
-    gallery_dir = Path(gallery_dir)
     entries = []
     for index in balanced_indices(test_labels, gallery_size, seed):
         label = int(test_labels[index])
         display = displays[index] if displays else b""
         relative = f"{dataset.class_slugs[label]}/test-{index:05d}.{'jpg' if display else 'png'}"
-        target = gallery_dir / relative
-        if not target.exists():
-            atomic_write_bytes(target, display or encode_png(test_images[index]))
+        if not store.exists(f"{GALLERY}/{relative}"):
+            store.write_bytes(f"{GALLERY}/{relative}", display or encode_png(test_images[index]))
         entry = {"path": relative, "label": label, "test_index": int(index)}
         if item_ids and item_ids[index] is not None:
             entry["item_id"] = int(item_ids[index])
         entries.append(entry)
-    atomic_write_text(gallery_dir / GALLERY_INDEX, json.dumps(entries))
-    log.info("export: %d gallery images in %s", len(entries), gallery_dir)
+    store.write_bytes(f"{GALLERY}/{GALLERY_INDEX}", json.dumps(entries).encode())
+    log.info("export: %d gallery images in %s", len(entries), store.url(GALLERY))
     return entries
 
 
 @task(name="export", cache_policy=NO_CACHE)
-def export_task(test_images, test_labels, gallery_dir: Path, gallery_size: int, seed: int,
+def export_task(test_images, test_labels, store, gallery_size: int, seed: int,
                 dataset: DatasetDescription, displays: list[bytes] | None = None,
                 item_ids: list[int | None] | None = None) -> list[dict]:
-    return export_gallery(test_images, test_labels, gallery_dir, gallery_size, seed, dataset, displays, item_ids)
+    return export_gallery(test_images, test_labels, store, gallery_size, seed, dataset, displays, item_ids)

@@ -127,9 +127,9 @@ def publish_drops(session: WriterSession, scan: DropScan) -> str:
     metrics = {**live.metrics, "metrics_carried_from": live.metrics.get("metrics_carried_from", live.release_id)}
     release_id = publish_release(home, writer, manifest, metrics, new_items=items, new_embeddings=embeddings,
                                  base=live)
-    recorded = read_home_dataset(home.root)
+    recorded = read_home_dataset(home)
     if recorded and scan.dataset.num_classes > live.dataset.num_classes:  # new classes: the next run keeps their index
-        write_home_dataset(home.root, recorded.with_classes(scan.dataset.class_names))
+        write_home_dataset(home, recorded.with_classes(scan.dataset.class_names))
     move_processed(home.incoming, home.processed, release_id, scan.accepted)
     return release_id
 

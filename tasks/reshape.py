@@ -18,10 +18,10 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage.atomic import atomic_write_bytes, atomic_write_text
 from storage.catalog import DATASET_SOURCE, Catalog, CatalogItems
 from storage.dataset import FASHION_MNIST
 from storage.errors import UserError
+from storage.home import ARRAYS
 from tasks.download import md5_of
 from tasks.logs import step_logger
 
@@ -38,21 +38,26 @@ class DatasetFormatError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Arrays:
-    """Where the reshaped arrays are; `load` maps them into memory."""
+    """The reshaped arrays in a store (storage/objects.py), under arrays/: never unpickled."""
 
-    folder: Path
+    store: object
 
-    def path(self, split: str, kind: str) -> Path:
-        return self.folder / f"{split}_{kind}.npy"
+    @staticmethod
+    def key(split: str, kind: str) -> str:
+        return f"{ARRAYS}/{split}_{kind}.npy"
+
+    def exists(self, split: str) -> bool:
+        return all(self.store.exists(self.key(split, kind)) for kind in ("images", "labels"))
 
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        return np.load(self.path(split, "images")), np.load(self.path(split, "labels"))
+        return tuple(np.load(io.BytesIO(self.store.read_bytes(self.key(split, kind))), allow_pickle=False)
+                     for kind in ("images", "labels"))
 
     def save(self, split: str, images: np.ndarray, labels: np.ndarray) -> None:
         for kind, array in (("images", images), ("labels", labels)):
             buffer = io.BytesIO()
             np.save(buffer, array, allow_pickle=False)
-            atomic_write_bytes(self.path(split, kind), buffer.getvalue())
+            self.store.write_bytes(self.key(split, kind), buffer.getvalue())
 
 
 def _idx_bytes(path: Path, header_bytes: int) -> bytes:
@@ -89,13 +94,14 @@ def read_idx_labels(path: Path) -> np.ndarray:
     return labels
 
 
-def reshape_dataset(raw_dir: Path, arrays_dir: Path) -> Arrays:
+def reshape_dataset(raw_dir: Path, store) -> Arrays:
+    """The idx files of `raw_dir` as arrays in `store` (kept when already built from the same files)."""
     log = step_logger()
-    arrays = Arrays(Path(arrays_dir))
-    stamp_path = arrays.folder / "source.json"
+    arrays = Arrays(store)
+    stamp_key = f"{ARRAYS}/source.json"
     sources = {name: md5_of(Path(raw_dir) / name) for pair in SPLITS.values() for name in pair}
-    outputs = [arrays.path(split, kind) for split in SPLITS for kind in ("images", "labels")]
-    if stamp_path.exists() and json.loads(stamp_path.read_text()) == sources and all(p.exists() for p in outputs):
+    if (store.exists(stamp_key) and json.loads(store.read_bytes(stamp_key)) == sources
+            and all(arrays.exists(split) for split in SPLITS)):
         log.info("reshape: arrays already built from these files")
         return arrays
     for split, (images_file, labels_file) in SPLITS.items():
@@ -105,13 +111,13 @@ def reshape_dataset(raw_dir: Path, arrays_dir: Path) -> Arrays:
             raise DatasetFormatError(f"{split}: {len(images)} images but {len(labels)} labels")
         arrays.save(split, images, labels)
         log.info("reshape %s: %s images, classes %s", split, images.shape, np.bincount(labels).tolist())
-    atomic_write_text(stamp_path, json.dumps(sources, sort_keys=True))
+    store.write_bytes(stamp_key, json.dumps(sources, sort_keys=True).encode())
     return arrays
 
 
 @task(name="reshape", cache_policy=NO_CACHE)
-def reshape_task(raw_dir: Path, arrays_dir: Path) -> Arrays:
-    return reshape_dataset(raw_dir, arrays_dir)
+def reshape_task(raw_dir: Path, store) -> Arrays:
+    return reshape_dataset(raw_dir, store)
 
 
 def catalogue_dataset(catalog: Catalog, images: np.ndarray, labels: np.ndarray, release_id: str) -> int:

@@ -41,14 +41,14 @@ def settle_dataset(home: DataHome, images: str, image_size: int, default_side: i
     Fashion-MNIST; its classes as the folder has them now (known ones keep their index); its side
     `image_size`, else the architecture's `default_side`, else the recorded one. Raises
     DatasetMismatchError, before anything is written, when the home holds another dataset."""
-    recorded = read_home_dataset(home.root)
+    recorded = read_home_dataset(home)
     if images:
         folder = Path(images).expanduser().resolve()
-        holds = recorded or (FASHION_MNIST if home.catalog.exists() or complete_release_ids(home) else None)
+        holds = recorded or (FASHION_MNIST if complete_release_ids(home) else None)
         if holds is not None and holds.source != str(folder):
             where = f"the images of {holds.source}" if holds.source else holds.title
             raise DatasetMismatchError(
-                f"The data home {home.root} holds {where}; a data home holds one dataset. Give {folder} a home of "
+                f"The data home {home.location} holds {where}; a data home holds one dataset. Give {folder} a home of "
                 "its own (--data-home DIR or FASHION_SIM_HOME). Nothing was changed.")
         base = recorded or photo_dataset(folder, folder_classes(folder))
     else:
@@ -72,21 +72,21 @@ def prepare_source(session: WriterSession, dataset: DatasetDescription, mirror: 
     if dataset.source:
         found = read_folder_task(Path(dataset.source), dataset, seed)
         report_artifact("images-folder", folder_report(found), description="images folder read")
-        write_home_dataset(home.root, dataset)
+        write_home_dataset(home, dataset)
         catalogue_folder(session.catalog, found, release_id)
         queries = found.query_arrays()
         catalogued = session.catalog.find_hashes(q.image.content_hash for q in found.queries)
-        export_task(*queries, home.gallery, gallery_size, seed, dataset, [q.image.display for q in found.queries],
+        export_task(*queries, home.store, gallery_size, seed, dataset, [q.image.display for q in found.queries],
                     [catalogued.get(q.image.content_hash) for q in found.queries])
-        Arrays(home.arrays).save("test", *queries)
+        Arrays(home.store).save("test", *queries)
         return Source(dataset, queries, {"images": dataset.source, "classes": list(dataset.class_names),
                                          **found.counts(), "skipped_files": [
                                              {"path": r.name, "reason": r.reason} for r in found.rejected]})
     else:
         download_task(home.raw, mirror or None)
-        arrays = reshape_task(home.raw, home.arrays)
-        write_home_dataset(home.root, dataset)
+        arrays = reshape_task(home.raw, home.store)
+        write_home_dataset(home, dataset)
         catalogue_dataset(session.catalog, *arrays.load("train"), release_id)
         queries = arrays.load("test")
-        export_task(*queries, home.gallery, gallery_size, seed, dataset)
+        export_task(*queries, home.store, gallery_size, seed, dataset)
     return Source(dataset, queries)

@@ -77,3 +77,65 @@ def real_mirror() -> Path:
     if not all((REAL_MIRROR / name).exists() for name in files):
         pytest.skip(f"real Fashion-MNIST files not found at {REAL_MIRROR}; set FASHION_MNIST_MIRROR")
     return REAL_MIRROR
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the session; its AWS variables set meanwhile."""
+    from tests.seaweedfs import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as variables:
+        previous = {name: os.environ.get(name) for name in variables}
+        os.environ.update(variables)
+        yield variables
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def s3_home_at(bucket: str, tmp_path: Path, monkeypatch) -> DataHome:
+    """An empty home under a fresh prefix of `bucket`, exported as FASHION_SIM_HOME; its local folder
+    (FASHION_SIM_CACHE) and drop folder (FASHION_SIM_INCOMING) in tmp_path."""
+    import uuid
+
+    uri = f"s3://{bucket}/{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("FASHION_SIM_HOME", uri)
+    monkeypatch.setenv("FASHION_SIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASHION_SIM_INCOMING", str(tmp_path / "drops" / "incoming"))
+    monkeypatch.setenv("FASHION_SIM_LEASE_SECONDS", "8")  # a killed writer's lease lapses within a test's patience
+    return DataHome.from_env().ensure()
+
+
+def upload_home(local_root: Path, home: DataHome) -> None:
+    """The store part of a local data home (everything but its local folders), copied to `home`'s store."""
+    for entry in sorted(local_root.iterdir()):
+        if entry.name in ("incoming", "processed", "rejected", "tmp", "raw", "state") or entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            home.store.fs.put(str(entry), home.store.url(entry.name).removeprefix("s3://"), recursive=True)
+        else:
+            home.store.write_bytes(entry.name, entry.read_bytes())
+
+
+@pytest.fixture
+def s3_home(s3_server, tmp_path, monkeypatch) -> DataHome:
+    return s3_home_at(s3_server["S3_BUCKET"], tmp_path, monkeypatch)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_home(request) -> DataHome:
+    """An empty data home on a local folder, then on S3 (the suites that must hold on both)."""
+    return request.getfixturevalue("home" if request.param == "local" else "s3_home")
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_published_home(request, tiny_release_home) -> DataHome:
+    """A private copy of the tiny published home on a local folder, then on S3."""
+    if request.param == "local":
+        return request.getfixturevalue("published_home")
+    home = request.getfixturevalue("s3_home")
+    upload_home(tiny_release_home, home)
+    return home
+

@@ -89,17 +89,17 @@ def test_exif_orientation_is_applied():
     assert np.abs(untagged - upright).mean() > 30  # the tag matters: without it the garment lies on its side
 
 
-def test_drop_folder_corpus(published_home, tmp_path):
+def test_drop_folder_corpus(any_published_home, tmp_path):
     from flows.reindex import reindex
 
-    home = published_home
+    home = any_published_home
     layout = corpus.build_drop_corpus(home.incoming, tmp_path / "outside")
     symlink_target = tmp_path / "outside" / "elsewhere.png"
     target_bytes = symlink_target.read_bytes()
     files_in = set(layout.values())
     assert files_in == set(DROP_TABLE)
 
-    result = reindex(data_home=str(home.root), settle_seconds=600)
+    result = reindex(data_home=home.location, settle_seconds=600)
 
     assert result["published"], result
     assert result["seen"] == len(files_in) == result["indexed"] + result["rejected"] + result["waiting"]
@@ -124,7 +124,7 @@ def test_drop_folder_corpus(published_home, tmp_path):
     assert nearest.path.endswith("huge photo.jpg") and nearest.distance < 1e-3
 
     # a later run takes the file that has settled since; hidden and partial files keep waiting
-    second = reindex(data_home=str(home.root), settle_seconds=0)
+    second = reindex(data_home=home.location, settle_seconds=0)
     assert (second["seen"], second["indexed"], second["waiting"]) == (3, 1, 2), second
     processed, rejected, waiting = corpus.accounted(home)
     assert "bag/just-dropped.png" in processed

@@ -1,7 +1,8 @@
-"""Readers never see half a release while writers publish; writers take turns on the store's lock.
+"""Readers never see half a release while writers publish; writers take turns on the store's lock;
+on a local home and on an S3 home alike.
 
-The lock is an flock, held per open file description, so the writer tests use separate processes, as
-real runs are.
+A local home's lock is an flock, held per open file description, and an S3 home's a lease, so the
+writer tests use separate processes, as real runs are.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 import numpy as np
 
 from storage.catalog import CatalogItems
+from storage.lock import writer_lock
 from storage.releases import ReleaseManifest, ReleaseWriter, load_release
 from tasks.publish import publish_release
 from tests.conftest import REPO
@@ -22,7 +24,7 @@ READS_PER_PUBLISH = 5
 
 
 def publish_next(home, base, step: int) -> str:
-    """A re-index of `base` (segments and model hard-linked) plus a segment of 3 copies of its items."""
+    """A re-index of `base` (its segments and model shared) plus a segment of 3 copies of its items."""
     rows = np.arange(3) + 3 * step
     next_id = int(base.items.item_ids.max()) + 1
     items = CatalogItems(np.arange(next_id, next_id + 3), base.items.labels[rows], base.items.images[rows],
@@ -41,8 +43,8 @@ def check_complete(release, queries: np.ndarray | None, labels: np.ndarray) -> N
         assert [n[0].label for n in release.search(queries, k=1)] == labels.tolist()
 
 
-def test_reader_sees_only_complete_releases_while_releases_are_published(published_home):
-    home = published_home
+def test_reader_sees_only_complete_releases_while_releases_are_published(any_published_home):
+    home = any_published_home
     first = load_release(home)
     queries, labels = first.items.images[:4], first.items.labels[:4]
     reads = threading.Condition()
@@ -73,7 +75,8 @@ def test_reader_sees_only_complete_releases_while_releases_are_published(publish
             with reads:  # let the reader work against the current release before replacing it
                 target = len(seen) + READS_PER_PUBLISH
                 assert reads.wait_for(lambda: len(seen) >= target or stop.is_set(), timeout=120)
-            published.append(publish_next(home, load_release(home), step))
+            with writer_lock(home, holder="test"):  # as every writing flow does (on S3: the lease)
+                published.append(publish_next(home, load_release(home), step))
         with reads:
             target = len(seen) + READS_PER_PUBLISH
             reads.wait_for(lambda: len(seen) >= target or stop.is_set(), timeout=120)
@@ -110,7 +113,7 @@ except StoreBusyError as error:
 
 
 def start_writer(home, name: str, timeout_s: float, hold: bool = False) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(home.root), name, str(timeout_s),
+    return subprocess.Popen([sys.executable, "-c", WRITER, home.location, name, str(timeout_s),
                              *(["--hold"] if hold else [])],
                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -120,7 +123,8 @@ def journal(home) -> list[str]:
     return (home.root / "journal").read_text().splitlines()
 
 
-def test_writers_started_together_take_turns(home):
+def test_writers_started_together_take_turns(any_home):
+    home = any_home
     writers = [start_writer(home, f"w{i}", timeout_s=120) for i in range(3)]
     for writer in writers:
         _, err = writer.communicate(timeout=180)
@@ -132,11 +136,12 @@ def test_writers_started_together_take_turns(home):
     assert sorted(line.split()[1] for line in lines[::2]) == ["w0", "w1", "w2"]
 
 
-def test_second_writer_waits_then_gets_a_clear_busy_error(home):
+def test_second_writer_waits_then_gets_a_clear_busy_error(any_home):
+    home = any_home
     holder = start_writer(home, "holder", timeout_s=10, hold=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        busy = start_writer(home, "impatient", timeout_s=0.5)
+        busy = start_writer(home, "impatient", timeout_s=1.5)
         _, err = busy.communicate(timeout=120)
         assert busy.returncode == 3
         assert "Another pipeline run is writing to" in err and "FASHION_SIM_LOCK_TIMEOUT" in err

@@ -64,7 +64,7 @@ def test_pipeline_on_a_folder_indexes_every_usable_photo_in_colour(photo_home_bu
     release = load_release(home)
     dataset = release.dataset
     assert dataset.class_names == tuple(CLASS_NAMES) and dataset.channels == 3 and dataset.side == 32
-    assert dataset.source == str(photo_folder.resolve()) and home_dataset(root) == dataset
+    assert dataset.source == str(photo_folder.resolve()) and home_dataset(home) == dataset
     assert release.items.images.shape[1:] == (32, 32, 3)
     assert release.manifest["model"]["architecture"] == "photo"
     # every usable photo indexed (training images and the held-out queries), each with a display copy
@@ -103,13 +103,13 @@ def test_a_bare_run_reuses_the_recorded_folder_and_another_source_changes_nothin
         pipeline(data_home=str(photo_home.root), images=str(other), **PHOTO_TRAINING)
     assert sorted(path.name for path in photo_home.releases.iterdir()) == before
     result = pipeline(data_home=str(photo_home.root), **PHOTO_TRAINING, force_publish=True)  # no --images
-    assert result["published"] and result["images"] == home_dataset(photo_home.root).source
+    assert result["published"] and result["images"] == home_dataset(photo_home).source
 
 
 def test_a_fashion_mnist_home_refuses_a_folder(published_home, photo_folder):
     with pytest.raises(DatasetMismatchError, match="holds Fashion-MNIST"):
         pipeline(data_home=str(published_home.root), images=str(photo_folder), **PHOTO_TRAINING)
-    assert read_home_dataset(published_home.root) is None or read_home_dataset(published_home.root).source == ""
+    assert read_home_dataset(published_home) is None or read_home_dataset(published_home).source == ""
 
 
 def test_a_one_image_class_stops_the_run_naming_it(tmp_path):
@@ -144,7 +144,7 @@ def test_drops_follow_the_dataset_classes_and_a_new_class_when_allowed(photo_hom
     assert added["indexed"] == 3, added
     release = load_release(photo_home)
     assert release.dataset.class_names == (*CLASS_NAMES, "Scarf")
-    assert home_dataset(photo_home.root).class_names == (*CLASS_NAMES, "Scarf")
+    assert home_dataset(photo_home).class_names == (*CLASS_NAMES, "Scarf")
     nearest = release.search(release.items.images[release.items.labels == 3][:1], k=1)[0][0]
     assert nearest.label_name == "Scarf"
     trained = retrain(data_home=str(photo_home.root), steps_per_epoch=5, examples_per_class=4, gate_tolerance=1.0)

@@ -55,7 +55,7 @@ def test_reindex_indexes_valid_drops_and_rejects_the_rest_with_reasons(published
     (incoming / "Ankle Boot").mkdir()
     (incoming / "Ankle Boot" / "photo.JPG").write_bytes(jpeg_of(class_images(np.array([9]), rng)[0]))
     (incoming / "loose.png").write_bytes(encode_png(class_images(np.array([1]), rng)[0]))  # unlabelled
-    train_images, _ = Arrays(home.arrays).load("train")
+    train_images, _ = Arrays(home.store).load("train")
     (incoming / "known.png").write_bytes(encode_png(train_images[5]))  # catalogue item 5 (training set)
     (incoming / "zz-copy-of-new.png").write_bytes(labelled[0].read_bytes())  # same content, later in the run
     (incoming / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")

@@ -14,6 +14,7 @@ from PIL import Image
 
 from storage.dataset import FASHION_MNIST
 from storage.home import GALLERY_INDEX
+from storage.objects import LocalStore
 from tasks import reshape
 from tasks.export import export_gallery
 from tasks.reshape import (DatasetFormatError, SPLITS, read_idx_images, read_idx_labels,
@@ -69,7 +70,7 @@ def test_malformed_label_files_are_a_clear_format_error(tmp_path, payload, probl
 
 
 def test_reshape_builds_validated_arrays(raw, tmp_path):
-    arrays = reshape_dataset(raw, tmp_path / "arrays")
+    arrays = reshape_dataset(raw, LocalStore(tmp_path))
     for split, per_class in (("train", 40), ("test", 10)):
         images, labels = arrays.load(split)
         assert images.shape == (per_class * FASHION_MNIST.num_classes, 28, 28, 1) and images.dtype == np.uint8
@@ -79,23 +80,23 @@ def test_reshape_builds_validated_arrays(raw, tmp_path):
 
 
 def test_reshape_is_skipped_when_built_from_the_same_files(raw, tmp_path, monkeypatch):
-    reshape_dataset(raw, tmp_path / "arrays")
+    reshape_dataset(raw, LocalStore(tmp_path))
     with monkeypatch.context() as patched:
         patched.setattr(reshape, "read_idx_images", lambda path: pytest.fail("rebuilt needlessly"))
-        reshape_dataset(raw, tmp_path / "arrays")
+        reshape_dataset(raw, LocalStore(tmp_path))
     # a changed source file is noticed and the arrays rebuilt from it
     images_file = raw / SPLITS["test"][0]
     labels_file = raw / SPLITS["test"][1]
     write(images_file, idx_images(np.full((2, 28, 28), 7, np.uint8)))
     write(labels_file, idx_labels(np.array([3, 4])))
-    images, labels = reshape_dataset(raw, tmp_path / "arrays").load("test")
+    images, labels = reshape_dataset(raw, LocalStore(tmp_path)).load("test")
     assert images.shape == (2, 28, 28, 1) and (images == 7).all() and labels.tolist() == [3, 4]
 
 
 def test_reshape_refuses_image_and_label_counts_that_differ(raw, tmp_path):
     write(raw / SPLITS["train"][1], idx_labels(np.zeros(3, np.uint8)))
     with pytest.raises(DatasetFormatError, match="train: 400 images but 3 labels"):
-        reshape_dataset(raw, tmp_path / "arrays")
+        reshape_dataset(raw, LocalStore(tmp_path))
 
 
 @pytest.mark.parametrize("total", [50, 55, 7, 1000])
@@ -116,9 +117,9 @@ def test_balanced_indices_fill_from_other_classes_when_one_is_short():
 
 
 def test_export_writes_pngs_that_decode_to_the_same_pixels(raw, tmp_path):
-    images, labels = reshape_dataset(raw, tmp_path / "arrays").load("test")
+    images, labels = reshape_dataset(raw, LocalStore(tmp_path)).load("test")
     gallery = tmp_path / "gallery"
-    entries = export_gallery(images, labels, gallery, gallery_size=30, seed=1, dataset=FASHION_MNIST)
+    entries = export_gallery(images, labels, LocalStore(tmp_path), gallery_size=30, seed=1, dataset=FASHION_MNIST)
     assert len(entries) == 30
     assert np.bincount([e["label"] for e in entries], minlength=FASHION_MNIST.num_classes).tolist() == [3] * FASHION_MNIST.num_classes
     assert json.loads((gallery / GALLERY_INDEX).read_text()) == entries

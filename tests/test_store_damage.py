@@ -92,8 +92,9 @@ def test_segments_stay_few_and_search_stays_exact(home):
         np.testing.assert_array_equal(rows, expected)
 
 
-def test_a_busy_lock_names_its_holder_and_since_when(published_home):
-    home = published_home
+def test_a_busy_lock_names_its_holder_and_since_when(any_home):
+    """The flock of a local home, the lease of an S3 home: the second writer names the first."""
+    home = any_home
     holding, release = threading.Event(), threading.Event()
 
     def hold():
@@ -103,14 +104,16 @@ def test_a_busy_lock_names_its_holder_and_since_when(published_home):
 
     holder = threading.Thread(target=hold)
     holder.start()
-    holding.wait(10)
+    assert holding.wait(30)
     try:
         with pytest.raises(StoreBusyError, match=rf"retrain pid={os.getpid()} host=\S+ since=20\d\d-"):
-            with writer_lock(home, timeout_s=0.2, holder="reindex"):
+            with writer_lock(home, timeout_s=1.5, holder="reindex"):
                 pass
     finally:
         release.set()
         holder.join()
+    with writer_lock(home, timeout_s=5, holder="reindex"):  # released: the next writer gets it at once
+        pass
 
 
 def test_a_damaged_catalogue_says_how_to_rebuild_it(published_home):

@@ -75,7 +75,7 @@ class ReleaseFollower:
         try:
             wanted = latest_release_id(self.home)
             if wanted is None:
-                raise UserError(f"no release is published in {self.home.root} (LATEST is missing)")
+                raise UserError(f"no release is published in {self.home.location} (LATEST is missing)")
             if self.serving is not None and self.serving.release_id == wanted:
                 self.problem = None
                 return
@@ -378,14 +378,14 @@ def main(argv: list[str] | None = None) -> int:
             hosts = {"*"}
     else:
         hosts.add(args.host)
-    os.environ.update({"FASHION_SIM_HOME": str(home.root), TOKEN_ENV: args.token, HOSTS_ENV: ",".join(sorted(hosts)),
+    os.environ.update({"FASHION_SIM_HOME": home.location, TOKEN_ENV: args.token, HOSTS_ENV: ",".join(sorted(hosts)),
                        CORS_ENV: ",".join(args.cors_origin)})
     if args.workers > 1:  # every worker's counters in one /metrics answer (prometheus_client's multiprocess mode)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="fashion-sim-metrics-")
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    print(f"serving {home.root} on http://{args.host}:{args.port} ({args.workers} worker(s); API docs at /docs)",
+    print(f"serving {home.location} on http://{args.host}:{args.port} ({args.workers} worker(s); API docs at /docs)",
           file=sys.stderr)
     config = uvicorn.Config("ui.api:app_from_environment", factory=True, host=args.host, port=args.port,
                             workers=args.workers, log_level="info" if verbose() else "warning", access_log=verbose())

@@ -44,14 +44,14 @@ UPLOAD = "upload"  # st.session_state.query: UPLOAD, a gallery item's key, or No
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the release and its model...")
-def open_release(root: str, release_id: str) -> views.LiveRelease:
-    return views.LiveRelease.load(DataHome(Path(root)), release_id)
+def open_release(location: str, release_id: str) -> views.LiveRelease:
+    return views.LiveRelease.load(DataHome.from_env(location), release_id)
 
 
 @st.cache_data(max_entries=2, show_spinner=False)
-def release_history(root: str, live_release_id: str):
+def release_history(location: str, live_release_id: str):
     """Keyed by the live id: releases only appear when LATEST moves."""
-    return views.release_history(DataHome(Path(root)))
+    return views.release_history(DataHome.from_env(location))
 
 
 @st.fragment(run_every=LATEST_POLL)
@@ -235,9 +235,9 @@ def evaluation_view(home: DataHome, live: views.LiveRelease) -> None:
         st.subheader("precision@1 per class")
         st.altair_chart(views.per_class_chart(metrics, live.release.dataset.class_names))
         st.subheader("Across releases")
-        history = release_history(str(home.root), live.release.release_id)
+        history = release_history(home.location, live.release.release_id)
         st.altair_chart(views.history_chart(history))
-        st.caption(f"{history['release'].nunique()} complete release(s) in {home.releases}")
+        st.caption(f"{history['release'].nunique()} complete release(s) in {home.location}")
 
 
 def show_live_release(home: DataHome) -> str | None:
@@ -245,14 +245,14 @@ def show_live_release(home: DataHome) -> str | None:
     release_id = None
     try:
         release_id = latest_release_id(home)
-        live = None if release_id is None else open_release(str(home.root), release_id)
+        live = None if release_id is None else open_release(home.location, release_id)
     except ReleaseError as error:
-        st.title(f"{home_dataset(home.root).title} similarity search")
+        st.title(f"{home_dataset(home).title} similarity search")
         st.error(f"The live release cannot be opened: {error}")
         return release_id
     if live is None:
-        st.title(f"{home_dataset(home.root).title} similarity search")
-        st.info(f"No release is published in `{home.root}` yet. Make one with `make demo` (or "
+        st.title(f"{home_dataset(home).title} similarity search")
+        st.info(f"No release is published in `{home.location}` yet. Make one with `make demo` (or "
                 "`python -m flows.pipeline`); this page shows it as soon as it is published.")
         return None
     header(live)

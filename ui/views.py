@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from storage.catalog import DROP_SOURCE
-from storage.home import GALLERY_INDEX, DataHome
-from storage.images import decode_display, normalise_file, normalise_image
+from storage.home import GALLERY, GALLERY_INDEX, DataHome
+from storage.images import decode_display, normalise_image
 from storage.releases import (RETRIEVAL_METRICS, Neighbour, Release, complete_release_ids, load_release, read_manifest,
                               read_metrics)
 
@@ -40,12 +40,13 @@ class LiveRelease:
 
 @dataclass(frozen=True)
 class GalleryItem:
-    """One pickable image: an exported test PNG (path) or a drop-folder item of the release (row)."""
+    """One pickable image: an exported test image (`file`: its key in the store) or a drop-folder item
+    of the release (row)."""
 
     key: str
     label: int
     caption: str
-    path: Path | None = None
+    file: str | None = None
     row: int | None = None
     item_id: int | None = None
 
@@ -53,12 +54,14 @@ class GalleryItem:
 def gallery_items(home: DataHome, release: Release) -> list[GalleryItem]:
     """The exported test images (gallery/index.json), then the release's drop-folder items."""
     items = []
-    index = home.gallery / GALLERY_INDEX
-    if index.exists():
-        for entry in json.loads(index.read_text()):
-            items.append(GalleryItem(key=f"test-{entry['test_index']}", label=int(entry["label"]),
-                                     caption=f"test #{entry['test_index']}", path=home.gallery / entry["path"],
-                                     item_id=entry.get("item_id")))
+    try:
+        entries = json.loads(home.store.read_bytes(f"{GALLERY}/{GALLERY_INDEX}"))
+    except FileNotFoundError:
+        entries = []
+    for entry in entries:
+        items.append(GalleryItem(key=f"test-{entry['test_index']}", label=int(entry["label"]),
+                                 caption=f"test #{entry['test_index']}", file=f"{GALLERY}/{entry['path']}",
+                                 item_id=entry.get("item_id")))
     catalogue = release.items
     for row in np.flatnonzero(catalogue.sources == DROP_SOURCE):
         item_id = int(catalogue.item_ids[row])
@@ -73,7 +76,7 @@ def item_pixels(item: GalleryItem, release: Release) -> np.ndarray:
     ui.search` reads it), or the stored pixels of a catalogue item. Raises ImageRejected."""
     if item.row is not None:
         return release.items.images[item.row]
-    return normalise_file(item.path, release.dataset).pixels
+    return normalise_image(release.store.read_bytes(item.file), release.dataset).pixels
 
 
 PHOTO_ASPECT = 3 / 4  # width / height of a photo's tile: clothing-small's usual 400x534, so grids line up
@@ -94,8 +97,8 @@ def item_picture(item: GalleryItem, release: Release) -> np.ndarray:
     Raises ImageRejected."""
     if item.row is not None:
         return row_picture(release, item.row)
-    if item.path.suffix == ".jpg":  # a photo's display copy
-        return tile(decode_display(item.path.read_bytes()))
+    if item.file.endswith(".jpg"):  # a photo's display copy
+        return tile(decode_display(release.store.read_bytes(item.file)))
     return enlarge(item_pixels(item, release))
 
 
