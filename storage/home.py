@@ -96,3 +96,13 @@ class DataHome:
             return path.relative_to(self.root).as_posix()
         except ValueError:
             return str(path)
+
+
+if __name__ == "__main__":  # `python -m storage.home state`: the Makefile's way to the state folder
+    import sys
+
+    if sys.argv[1:] != ["state"]:
+        raise SystemExit("usage: python -m storage.home state  (prints the data home's state folder, created)")
+    state = DataHome.from_env().state
+    state.mkdir(parents=True, exist_ok=True)
+    print(state)
