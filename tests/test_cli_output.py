@@ -3,12 +3,16 @@ says each default once, and a search prints its JSON without native libraries' c
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
 from storage.runtime import VERBOSE_ENV
+from tasks.logs import Progress
 from tests import corpus
 from tests.conftest import REPO
 
@@ -49,3 +53,29 @@ def test_search_prints_only_its_json(published_home, tmp_path):
     assert found.stderr == "", found.stderr  # no "Created TensorFlow Lite XNNPACK delegate", nothing
     [line] = found.stdout.splitlines()
     assert len(json.loads(line)["neighbours"]) == 2
+
+
+def test_progress_without_a_terminal_is_a_log_line_with_the_time_left(caplog):
+    log = logging.getLogger("progress-test")
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        with Progress("train", 4, "step", log, every_s=0, terminal=False) as progress:
+            for _ in range(4):
+                progress.advance(loss="0.500")
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3  # the last step is the caller's own line ("train epoch ...")
+    assert re.fullmatch(r"train: 1/4 steps \(25%\), loss 0\.500, \d+ s so far, about \d+ s left", lines[0])
+
+
+def test_progress_on_a_terminal_is_a_bar_with_the_time_left(monkeypatch, caplog):
+    screen = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", screen)
+    log = logging.getLogger("progress-test")
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        with Progress("embed", 8, "image", log, terminal=True) as progress:
+            progress.advance(4)
+            progress.note("between")
+            progress.advance(4)
+    drawn = screen.getvalue()
+    assert re.search(r"embed: +50%\|.*\| 4/8 \[\d\d:\d\d<\d\d:\d\d", drawn), drawn  # done, time left
+    assert drawn.endswith("\r")  # the bar is cleared at the end
+    assert [record.getMessage() for record in caplog.records] == ["between"]  # a note is a log line
