@@ -1,6 +1,7 @@
 """What a person reads in the terminal: a user error is one `error:` line with no traceback (which
 Prefect's run log keeps), --help says each default once, a pipeline run prints its steps and a
-search its JSON without native libraries' chatter, and long steps show their progress."""
+search its JSON without native libraries' chatter, `ui.search --save` writes the pictures as files,
+and long steps show their progress."""
 
 from __future__ import annotations
 
@@ -13,12 +14,17 @@ import sqlite3
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
+from storage.images import normalise_file
+from storage.releases import load_release
 from storage.runtime import VERBOSE_ENV
 from tasks.logs import Progress
 from tests import corpus
 from tests.conftest import REPO
+from ui import search
 
 # what issue 19 found on a plain run: TensorFlow's C++ start-up, NMSLIB's advice, TF Similarity's
 # print and tqdm bars, LiteRT's notice, Prefect's traceback and its temporary server, a library's name
@@ -86,6 +92,35 @@ def test_search_prints_only_its_json(published_home, tmp_path):
     assert found.stderr == "", found.stderr  # no "Created TensorFlow Lite XNNPACK delegate", nothing
     [line] = found.stdout.splitlines()
     assert len(json.loads(line)["neighbours"]) == 2 and not noise_in(found)
+
+
+def test_search_saves_the_pictures_as_image_files(published_home, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(corpus.encode(corpus.garment(variant=3), "PNG"))
+    release = load_release(published_home)
+    item_id = int(release.items.item_ids[7])
+    saved = tmp_path / "saved"
+    code = search.main([str(photo), "--item", str(item_id), "--k", "3", "--save", str(saved),
+                        "--data-home", str(published_home.root)])
+    assert code == 0
+    by_photo, by_item = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    def pixels(path: str) -> np.ndarray:
+        with Image.open(path) as picture:
+            assert picture.format == "PNG"
+            return np.asarray(picture)
+
+    def stored(item: int) -> np.ndarray:
+        return np.squeeze(release.items.images[release.row_of(item)])
+
+    searched = np.squeeze(normalise_file(photo, release.dataset).pixels)
+    assert (pixels(by_photo["query_file"]) == searched).all()  # the normalised image, as searched
+    assert (pixels(by_item["query_file"]) == stored(item_id)).all()
+    for result, folder in ((by_photo, saved / "image-1"), (by_item, saved / f"item-{item_id}")):
+        assert len(result["neighbours"]) == 3
+        for neighbour in result["neighbours"]:
+            assert neighbour["file"].startswith(str(folder))
+            assert (pixels(neighbour["file"]) == stored(neighbour["item_id"])).all()  # a file of the item itself
 
 
 def test_progress_without_a_terminal_is_a_log_line_with_the_time_left(caplog):
