@@ -22,8 +22,10 @@ demo: pipeline page
 pipeline: venv
 	$(PY) -m flows.pipeline
 
+PAGE = $(PY) -m streamlit run ui/app.py --server.address $${HOST:-127.0.0.1} --server.port $${PORT:-8501} --server.headless true
+
 page: venv
-	$(PY) -m streamlit run ui/app.py --server.address $${HOST:-127.0.0.1} --server.port $${PORT:-8501} --server.headless true
+	$(PAGE)
 
 ## The whole test suite (installs Debian's chromium for the browser test when it is missing).
 test: venv chromium
@@ -52,22 +54,27 @@ retrain: venv
 	$(PY) -m flows.retrain
 
 ## The scheduled system on one machine: a Prefect server on 127.0.0.1 (UI on PREFECT_PORT), the
-## deployments of prefect.yaml served with their schedules (flows/serve.py), and the page. Ctrl-C stops all.
+## deployments of prefect.yaml served with their schedules (flows/serve.py), and the page. The server's
+## database and log live in the data home's state folder (storage/home.py), so its UI shows this home's
+## runs only. Ctrl-C (or SIGTERM) stops the page and serve, then the server (serve still needs it to
+## pause its schedules), and make reports no error: the server and the page run in sessions of their
+## own (setsid), so only this recipe's trap stops them, in that order.
 PREFECT_PORT ?= 4200
 PREFECT_URL = http://127.0.0.1:$(PREFECT_PORT)/api
+PREFECT_STATE = PREFECT_HOME="$$($(PY) -m storage.home state)" || exit 1; export PREFECT_HOME
 
 up: venv
-	@mkdir -p "$(FASHION_SIM_HOME)"; \
-	export PREFECT_API_URL=$(PREFECT_URL); \
-	$(PY) -m prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) >"$(FASHION_SIM_HOME)/prefect-server.log" 2>&1 & server=$$!; \
-	trap 'kill $$serve $$server 2>/dev/null; wait' EXIT INT TERM; \
+	@$(PREFECT_STATE); export PREFECT_API_URL=$(PREFECT_URL); server= serve= page=; \
+	stop() { kill $$page $$serve 2>/dev/null; for p in $$page $$serve; do wait $$p; done; kill $$server 2>/dev/null; wait; }; \
+	trap stop EXIT; trap 'exit 0' INT TERM; \
+	setsid $(PY) -m prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) >"$$PREFECT_HOME/prefect-server.log" 2>&1 & server=$$!; \
 	$(PY) -m flows.serve --wait-for-server 300 & serve=$$!; \
-	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT) (server log: $(FASHION_SIM_HOME)/prefect-server.log)"; \
-	$(MAKE) --no-print-directory page
+	echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT) (database and server log in $$PREFECT_HOME)"; \
+	setsid $(PAGE) & page=$$!; wait $$page
 
 ## The same with a work pool and a worker instead of serve: `make server`, then `make deploy` and `make worker`.
 server: venv
-	$(PY) -m prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+	@$(PREFECT_STATE); $(PY) -m prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 deploy: venv
 	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m prefect work-pool create fashion-sim --type process --overwrite

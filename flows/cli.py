@@ -72,12 +72,18 @@ def build_parser(flow) -> argparse.ArgumentParser:
     return parser
 
 
-class _FailureOnce(logging.Filter):
-    """Keeps Prefect's records of a failed run (the traceback, "Finished in state Failed") off the
-    terminal, where the CLI prints the failure as one line; the run's logs still get them."""
+class _QuietConsole(logging.Filter):
+    """Keeps off the terminal Prefect's records of a failed run (the traceback, "Finished in state
+    Failed"), which the CLI prints as one line, and Prefect's own housekeeping: the temporary server
+    it starts and stops for one run (with advice on running a dedicated one) and its events queue
+    draining at exit. The run's logs still get the run's records."""
+
+    HOUSEKEEPING = ("Starting temporary server", "Stopping temporary server", "Still processing items")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info or record.getMessage().startswith("Finished in state Failed"))
+        message = record.getMessage()
+        return not (record.exc_info or message.startswith("Finished in state Failed")
+                    or message.startswith(self.HOUSEKEEPING))
 
 
 def run_flow_cli(flow, argv: list[str] | None = None) -> object:
@@ -87,7 +93,7 @@ def run_flow_cli(flow, argv: list[str] | None = None) -> object:
     if not verbose():
         for handler in logging.getLogger().handlers:
             if type(handler).__name__ == "PrefectConsoleHandler":
-                handler.addFilter(_FailureOnce())
+                handler.addFilter(_QuietConsole())
     try:
         result = flow(**options)
     except UserError as error:  # says what to do, in one line

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from storage.runtime import add_verbose_flag, parse_command_line
+
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO / "prefect.yaml"
 
@@ -100,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait-for-server", type=float, default=0, metavar="SECONDS",
                         help="first wait up to this long for the server at PREFECT_API_URL to answer")
     parser.add_argument("--limit", type=int, default=None, help="most flow runs executing at once")
-    args = parser.parse_args(argv)
+    add_verbose_flag(parser)  # the runs inherit it (FASHION_SIM_VERBOSE)
+    args = parse_command_line(parser, argv)
     api_url = os.environ.get("PREFECT_API_URL")
     if not api_url:
         raise SystemExit("PREFECT_API_URL is not set: schedules need a Prefect server. Start one with "

@@ -161,3 +161,13 @@ class DataHome:
             except ValueError:
                 continue
         return str(path)
+
+
+if __name__ == "__main__":  # `python -m storage.home state`: the Makefile's way to the state folder
+    import sys
+
+    if sys.argv[1:] != ["state"]:
+        raise SystemExit("usage: python -m storage.home state  (prints the data home's state folder, created)")
+    state = DataHome.from_env().state
+    state.mkdir(parents=True, exist_ok=True)
+    print(state)

@@ -18,7 +18,7 @@ from storage.dataset import GREY_ON_BLACK, PHOTO, DatasetDescription
 from storage.errors import UserError
 from storage.runtime import load_tensorflow, load_tensorflow_similarity
 from tasks.backbones import BACKBONES, backbone_model
-from tasks.logs import step_logger
+from tasks.logs import Progress, step_logger
 
 COSINE_SCALE = 16.0
 
@@ -228,15 +228,18 @@ def train_model(sampler, config: TrainConfig, num_classes: int, initial_model=No
 
     started = time.perf_counter()
     losses = []
-    for epoch in range(config.epochs):
-        epoch_loss = 0.0
-        for step in range(config.steps_per_epoch):
-            images, labels = sampler[step]
-            seed = tf.constant([config.seed, epoch * config.steps_per_epoch + step], tf.int64)
-            epoch_loss += float(train_step(tf.cast(images, tf.float32), tf.cast(labels, tf.int32), seed))
-        losses.append(epoch_loss / max(1, config.steps_per_epoch))
-        log.info("train epoch %d/%d: loss %.4f (%.0f s)", epoch + 1, config.epochs, losses[-1],
-                 time.perf_counter() - started)
+    with Progress("train", config.epochs * config.steps_per_epoch, "step", log) as progress:
+        for epoch in range(config.epochs):
+            epoch_loss = 0.0
+            for step in range(config.steps_per_epoch):
+                images, labels = sampler[step]
+                seed = tf.constant([config.seed, epoch * config.steps_per_epoch + step], tf.int64)
+                loss = float(train_step(tf.cast(images, tf.float32), tf.cast(labels, tf.int32), seed))
+                epoch_loss += loss
+                progress.advance(loss=f"{loss:.3f}")
+            losses.append(epoch_loss / max(1, config.steps_per_epoch))
+            progress.note("train epoch %d/%d: loss %.4f (%.0f s)", epoch + 1, config.epochs, losses[-1],
+                          time.perf_counter() - started)
     embedding_model = tf.keras.Model(model.inputs, model.outputs, name=model.name)
     return embedding_model, {"loss": losses, "train_seconds": round(time.perf_counter() - started, 2)}
 

@@ -45,6 +45,8 @@ def test_serve_builds_the_same_deployments_with_their_schedules(monkeypatch):
     assert built["nightly"].schedules[0].schedule.cron == "0 2 * * *"
     assert built["weekly"].schedules[0].schedule.cron == "0 3 * * 0"
     assert built["drop-folder"].concurrency_limit == 1
+    # a run that collides with one in progress waits its turn (tests/test_make_up.py runs it)
+    assert {d.concurrency_options.collision_strategy.value for d in built.values()} == {"ENQUEUE"}
     assert built["drop-folder"].entrypoint == "flows/reindex.py:reindex"
 
 

@@ -42,9 +42,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from storage.errors import UserError
 from storage.home import DataHome
-from storage.images import MAX_FILE_BYTES, ImageRejected, ImageTooLarge, encode_png, normalise_image
+from storage.images import MAX_FILE_BYTES, ImageRejected, ImageTooLarge, normalise_image
 from storage.releases import Neighbour, Release, latest_release_id, load_release
 from storage.runtime import add_verbose_flag, parse_command_line, verbose
+from ui.search import item_picture
 
 TOKEN_ENV = "FASHION_SIM_API_TOKEN"
 HOSTS_ENV = "FASHION_SIM_API_HOSTS"  # comma-separated Host header values accepted (set by main for workers)
@@ -279,12 +280,9 @@ def create_app(settings: ServiceSettings, follower: ReleaseFollower | None = Non
     def item_image(item_id: int) -> Response:
         """The item's display copy as stored (a photo's JPEG), else its pixels as a PNG."""
         release = serving()
-        row = item_row(release, item_id)
-        display = release.items.displays[row]
-        headers = {"Cache-Control": "public, max-age=86400"}  # an item id never changes its picture
-        if display:
-            return Response(bytes(display), media_type="image/jpeg", headers=headers)
-        return Response(encode_png(release.items.images[row]), media_type="image/png", headers=headers)
+        data, kind = item_picture(release, item_row(release, item_id))
+        # an item id never changes its picture
+        return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/health", response_model=HealthOut, response_model_exclude_none=True)
     def health() -> JSONResponse:
