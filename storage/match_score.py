@@ -12,8 +12,9 @@ noise, gradients, text, patterns, scene crops: tasks/out_of_distribution.py). It
 Two thresholds on the score, from the calibration garments' out-of-fold scores, make three bands:
 GOOD up to `weak_above`, WEAK up to `none_above`, NONE (no close match) beyond. The fitted numbers
 are plain JSON in metrics.json ("match_score"), never pickled. Measured with `python -m
-benchmarks.no_match`; the distance alone (the earlier `no_match_distance`) caught 30% of these
-pictures on Fashion-MNIST at the same 1% of garments flagged (README "No close match").
+benchmarks.no_match` on held-out data, Fashion-MNIST: 1.0% of garments called no close match and
+98.9% of the pictures caught, where the distance alone (`no_match_distance`, what answered before)
+flagged 2.0% and caught 44% (README "No close match").
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def match_fields(band: str) -> dict[str, Any]:
 
 def pixel_features(images: np.ndarray, side: int) -> np.ndarray:
     """PIXEL_FEATURES of normalised uint8 images, (n, side, side) grey or (n, side, side, 3) colour.
-    Channels first, so each reduction runs over contiguous memory: 0.03 ms for one 28x28 image."""
+    Channels first, so each reduction runs over contiguous memory (0.7 ms channels last for one
+    64x64 photo). One query's band costs 0.13 ms (28x28 grey) to 0.17 ms (64x64 colour), mostly the
+    two dozen numpy calls here."""
     levels = np.asarray(images, dtype=np.int16).reshape(len(images), side, side, -1)
     levels = np.ascontiguousarray(np.moveaxis(levels, 3, 1))
     colour = levels.astype(np.float32) / 255.0  # (n, channels, side, side)
