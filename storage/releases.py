@@ -34,6 +34,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from storage.errors import UserError
 from storage.files import NotRegularFileError
 from storage.home import LATEST, REASON_SUFFIX, DataHome
 from storage.lock import replace_pointer
+from storage.match_score import GOOD, NONE, MatchScore
 from storage.objects import OutsideStoreError
 from storage.search_index import (SEGMENTS, SegmentedIndex, exact_knn, graph_key, load_segments, read_segment,
                                   segment_key, write_segment)
@@ -274,10 +276,23 @@ class Release:
         """How this release's network was trained."""
         return ModelRecord.of(self.manifest)
 
-    def is_no_match(self, neighbours: list["Neighbour"]) -> bool:
-        """True when even the nearest item is farther than this release's calibrated no-match distance."""
-        limit = self.no_match_distance
-        return bool(limit is not None and neighbours and neighbours[0].distance > limit)
+    @cached_property
+    def match_score(self) -> MatchScore | None:
+        """The fitted good / weak / no-match score; None for releases evaluated before it existed."""
+        recorded = self.metrics.get("match_score")
+        return MatchScore.from_dict(recorded) if recorded else None
+
+    def match_band(self, pixels: np.ndarray, embedding: np.ndarray, neighbours: list["Neighbour"]) -> str:
+        """GOOD, WEAK or NONE (no close match) for one normalised query, its embedding and its nearest
+        items (storage/match_score.py). Releases from before the score: NONE past no_match_distance."""
+        if not neighbours:
+            return GOOD
+        nearest = neighbours[0].distance
+        if self.match_score is None:
+            limit = self.no_match_distance
+            return NONE if limit is not None and nearest > limit else GOOD
+        score = self.match_score.scores(pixels[None], embedding[None], np.array([nearest]), self.dataset.side)
+        return str(self.match_score.bands(score)[0])
 
     @property
     def model(self):

@@ -6,7 +6,9 @@ Definitions (every query is a test image; "relevant" = an indexed item of the qu
 - MAP@10: mean over queries of sum_{i<=10} precision@i * rel_i / 10 (every class has >= 10 items).
 - per-class precision@1 and the confusion matrix (query class x class of the nearest item).
 - no_match_distance: 99th percentile of the nearest-item distance over correctly matched test
-  queries; a query whose nearest item is farther than this looks unlike anything in the catalogue.
+  queries (what releases before the match score judged "no close match" by).
+- match_score: good / weak / no close match, fitted on half of the queries against generated
+  pictures that are not garments (tasks/match_calibration.py, storage/match_score.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from storage.dataset import DatasetDescription
 from storage.releases import RETRIEVAL_METRICS
 from storage.search_index import exact_knn
 from tasks.logs import step_logger
+from tasks.match_calibration import calibrate_match_score, calibration_rows
 
 K_VALUES = (1, 5, 10)
 DEFAULT_GATE_TOLERANCE = 0.005
@@ -44,8 +47,10 @@ class GateDecision:
 
 
 def retrieval_metrics(query_emb: np.ndarray, query_labels: np.ndarray, index_emb: np.ndarray,
-                      index_labels: np.ndarray, class_names: tuple[str, ...], k_max: int = 10) -> dict:
-    distances, rows = exact_knn(query_emb, index_emb, k_max)
+                      index_labels: np.ndarray, class_names: tuple[str, ...], k_max: int = 10,
+                      knn: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """The figures above; `knn`: exact_knn(query_emb, index_emb, k_max) when the caller has it already."""
+    distances, rows = knn if knn is not None else exact_knn(query_emb, index_emb, k_max)
     neighbour_labels = np.asarray(index_labels)[rows]
     relevant = neighbour_labels == np.asarray(query_labels)[:, None]
     precision_at = np.cumsum(relevant, axis=1) / np.arange(1, relevant.shape[1] + 1)
@@ -82,13 +87,20 @@ def evaluate_release(embed: Callable[[np.ndarray], np.ndarray], query_images, qu
     against the index, and the raw-pixel cosine kNN baseline over the same items beside it."""
     log = step_logger()
     query_emb = embed(query_images)
-    metrics = retrieval_metrics(query_emb, query_labels, index_emb, items.labels, dataset.class_names)
+    knn = exact_knn(query_emb, index_emb, max(K_VALUES))
+    metrics = retrieval_metrics(query_emb, query_labels, index_emb, items.labels, dataset.class_names, knn=knn)
+    calibrating = calibration_rows(len(query_emb))[0]
+    score = calibrate_match_score(embed, np.asarray(query_images)[calibrating], query_emb[calibrating],
+                                  knn[0][calibrating, 0], index_emb, dataset)
+    if score is not None:
+        metrics["match_score"] = score.as_dict()
     baseline = retrieval_metrics(pixel_vectors(query_images), query_labels, pixel_vectors(items.images),
                                  items.labels, dataset.class_names)
     metrics["baseline_raw_pixels"] = {k: baseline[k] for k in RETRIEVAL_METRICS if k in baseline}
     metrics["gain_over_baseline_precision@1"] = metrics["precision@1"] - baseline["precision@1"]
-    log.info("evaluate: precision@1 %.4f (raw pixels %.4f), recall@5 %.4f, MAP@10 %.4f",
-             metrics["precision@1"], baseline["precision@1"], metrics["recall@5"], metrics["map@10"])
+    log.info("evaluate: precision@1 %.4f (raw pixels %.4f), recall@5 %.4f, MAP@10 %.4f; match score caught %s of "
+             "the calibration's non-garments (out of fold)", metrics["precision@1"], baseline["precision@1"],
+             metrics["recall@5"], metrics["map@10"], score.calibration["out_of_fold_caught"] if score else "none")
     return metrics
 
 
@@ -121,8 +133,11 @@ def markdown_report(metrics: dict, title: str, gate_decision: GateDecision | Non
     for key in RETRIEVAL_METRICS:
         if key in metrics:
             lines.append(f"| {key} | {metrics[key]:.4f} | {base.get(key, float('nan')):.4f} |")
+    calibration = metrics.get("match_score", {}).get("calibration")
+    matching = ("" if not calibration else f"; match score: {calibration['out_of_fold_caught']:.1%} of "
+                f"{calibration['out_of_distribution_pictures']} generated non-garments caught (out of fold)")
     lines += ["", f"Queries: {metrics['queries']}, indexed items: {metrics['indexed_items']}, "
-              f"no-match distance: {metrics.get('no_match_distance')}", "",
+              f"no-match distance: {metrics.get('no_match_distance')}{matching}", "",
               "| class | precision@1 |", "|---|---|"]
     lines += [f"| {name} | {value:.4f} |" for name, value in metrics["per_class_precision@1"].items()]
     if gate_decision:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from storage.home import REASON_SUFFIX
 
@@ -127,6 +127,25 @@ def tiny_3x3() -> bytes:
 
 def truncated(data: bytes) -> bytes:
     return data[: len(data) // 2]
+
+
+# Not garments: what issue 19 saw searched as garments (tests/test_no_match.py, tests/test_app.py).
+def drawn_circle() -> bytes:
+    """A circle drawn on white (before the match score it matched "Bag" at 0.070)."""
+    image = Image.new("RGB", (300, 300), "white")
+    ImageDraw.Draw(image).ellipse([40, 40, 260, 260], outline="black", width=6)
+    return encode(image, "PNG")
+
+
+def noise_image() -> bytes:
+    """A 200 px noise image (it matched "Shirt" at 0.134 against a limit of 0.135)."""
+    return encode(Image.fromarray(np.random.default_rng(7).integers(0, 256, (200, 200, 3), dtype=np.uint8)), "PNG")
+
+
+def text_image() -> bytes:
+    image = Image.new("RGB", (360, 120), "white")
+    ImageDraw.Draw(image).text((10, 20), "Hello, shop!", fill="black", font=ImageFont.load_default(size=48))
+    return encode(image, "JPEG")
 
 
 IMAGES: dict[str, Callable[[], bytes]] = {

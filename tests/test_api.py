@@ -23,6 +23,7 @@ from benchmarks.common import free_port, wait_until_serving
 from flows.reindex import reindex
 from storage.home import DataHome
 from storage.images import MAX_FILE_BYTES, encode_png
+from storage.match_score import BANDS
 from storage.releases import latest_release_id, load_release
 from tests.conftest import REPO
 from tests.tiny_data import class_images
@@ -63,6 +64,7 @@ def test_search_by_body_or_multipart_equals_the_cli(api, published_home, tmp_pat
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["release_id"] == expected["release_id"] and body["no_match"] == expected["no_match"]
+        assert body["match"] == expected["match"] in BANDS
         got = [{key: value for key, value in n.items() if key != "image_url"} for n in body["neighbours"]]
         assert got == without_paths(expected)
         assert [n["image_url"] for n in body["neighbours"]] == [f"/items/{n['item_id']}/image"
@@ -141,7 +143,7 @@ def test_token_host_check_cors_and_no_tracebacks(published_home, tmp_path, monke
                                                         "Access-Control-Request-Method": "POST"})
         assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
         follower = guarded.app.state.follower
-        monkeypatch.setattr(follower.serving, "search", lambda *a, **k: 1 / 0)
+        monkeypatch.setattr(follower.serving, "neighbours", lambda *a, **k: 1 / 0)
         broken = guarded.post("/search", content=png, headers={"Authorization": "Bearer s3cret"})
         assert broken.status_code == 500 and "Traceback" not in broken.text and "ZeroDivision" not in broken.text
         follower.stop()

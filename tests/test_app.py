@@ -14,7 +14,7 @@ from storage.dataset import FASHION_MNIST
 from storage.home import HOME_ENV, DataHome
 from storage.releases import latest_release_id, load_release
 from tests.conftest import REPO
-from tests.corpus import encode, garment
+from tests.corpus import drawn_circle, encode, garment
 from tests.fuzz_cases import fuzz_case
 from ui import views
 
@@ -141,6 +141,11 @@ def test_upload_searches_a_photo_and_explains_bad_files(live_home):
     assert "searched as 28x28" in image_captions(at)
     captions = neighbour_captions(at)
     assert len(captions) == 8 and not any(c.startswith(("✓", "✗")) for c in captions)  # no class to compare
+
+    at.file_uploader(key="upload").set_value(("circle.png", drawn_circle(), "image/png")).run()
+    assert not at.exception, at.exception
+    assert len(at.warning) == 1 and "No close match" in at.warning[0].value  # the neighbours are still shown
+    assert len(neighbour_captions(at)) == 8
 
 
 def test_upload_with_damaged_exif_is_searched_by_its_pixels(live_home):

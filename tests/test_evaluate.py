@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from storage.catalog import CatalogItems
 from storage.dataset import FASHION_MNIST
 from storage.embedder import make_embedder
+from storage.match_score import MatchScore
 from tasks.evaluate import evaluate_release, gate, markdown_report, pixel_vectors, retrieval_metrics
 from tests.tiny_data import class_images
 
@@ -107,6 +110,12 @@ def test_evaluation_reports_the_raw_pixel_baseline_beside_the_model():
     for key, value in baseline.items():
         assert metrics[key] == pytest.approx(value, abs=1e-6)
     assert metrics["gain_over_baseline_precision@1"] == pytest.approx(0.0, abs=1e-6)
+    score = MatchScore.from_dict(json.loads(json.dumps(metrics["match_score"])))  # plain JSON numbers
+    assert score.calibration["garment_queries"] == len(query_labels) // 2  # the other half is the benchmark's
+    assert score.none_above >= score.weak_above and "match score" in markdown_report(metrics, "t")
+    fewer = evaluate_release(make_embedder(pixels_model), query_images[:10, ..., None], query_labels[:10], index_emb,
+                             items, FASHION_MNIST)
+    assert "match_score" not in fewer and fewer["no_match_distance"] is not None  # too few to calibrate
 
 
 LIVE = {"precision@1": 0.90, "recall@5": 0.97}

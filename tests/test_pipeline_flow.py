@@ -23,8 +23,9 @@ def test_pipeline_publishes_a_searchable_release(published_home):
     assert len(release.embeddings) == len(release.items) == Catalog(published_home.catalog, FASHION_MNIST).count()
     np.testing.assert_allclose(np.linalg.norm(release.embeddings, axis=1), 1.0, atol=1e-4)
     for key in ("precision@1", "recall@5", "map@10", "per_class_precision@1", "baseline_raw_pixels",
-                "confusion", "no_match_distance"):
+                "confusion", "no_match_distance", "match_score"):
         assert key in release.metrics
+    assert release.match_score.none_above >= release.match_score.weak_above
     # the tiny classes are trivially separable: the model must find them
     assert release.metrics["precision@1"] >= 0.9
 

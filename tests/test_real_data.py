@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 
 from storage.home import DataHome
+from storage.match_score import GOOD, NONE
 from storage.releases import load_release
 from tests.conftest import REPO
+from tests.corpus import drawn_circle, noise_image, text_image
+from ui.search import search_files
 
 pytestmark = pytest.mark.real_data
 
@@ -61,3 +64,14 @@ def test_search_cli_finds_neighbours_of_real_test_images_class(real_release_home
     assert same_class.shape == (len(gallery), 10)
     assert same_class[:, 0].mean() >= 0.75, same_class[:, 0].mean()  # the nearest is mostly of its class
     assert same_class.mean() >= 0.7, same_class.mean()  # and so are most of the ten
+    bands = np.array([result["match"] for result in results])
+    assert (bands == NONE).mean() <= 0.05 and (bands == GOOD).mean() >= 0.85, bands  # by design 1% and 95%
+
+
+def test_circle_noise_and_text_are_no_close_match_on_real_data(real_release_home, tmp_path):
+    release = load_release(real_release_home)
+    files = {"circle.png": drawn_circle(), "noise.png": noise_image(), "text.jpg": text_image()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    results = search_files(release, [tmp_path / name for name in files], 5)
+    assert [result["match"] for result in results] == [NONE] * len(files), results

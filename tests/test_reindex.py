@@ -82,6 +82,7 @@ def test_reindex_indexes_valid_drops_and_rejects_the_rest_with_reasons(published
     release = load_release(home)
     assert release.manifest["kind"] == "reindex" and release.manifest["parent"] == live.release_id
     assert release.manifest["model"] == live.manifest["model"]
+    assert release.metrics["match_score"] == live.metrics["match_score"]  # same network: its score carries over
     assert release.manifest["num_items"] == len(live.items) + 7
     # the live segments and model are shared, not copied: the release adds one segment of the new items
     assert release.manifest["segments"][:-1] == live.manifest["segments"]

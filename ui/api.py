@@ -43,6 +43,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from storage.errors import UserError
 from storage.home import DataHome
 from storage.images import MAX_FILE_BYTES, ImageRejected, ImageTooLarge, normalise_image
+from storage.match_score import match_fields
 from storage.releases import Neighbour, Release, latest_release_id, load_release
 from storage.runtime import add_verbose_flag, parse_command_line, verbose
 from ui.search import item_picture
@@ -111,7 +112,8 @@ class NeighbourOut(BaseModel):
 
 class SearchOut(BaseModel):
     release_id: str
-    no_match: bool
+    no_match: bool  # match == "none", as answered before the bands
+    match: str  # "good", "weak" or "none" (no close match): storage/match_score.py
     neighbours: list[NeighbourOut]
 
 
@@ -223,8 +225,8 @@ def create_app(settings: ServiceSettings, follower: ReleaseFollower | None = Non
             raise HTTPException(422, f"unknown label {name!r}; use one of: {', '.join(release.dataset.class_names)}")
         return found
 
-    def answer(release: Release, neighbours: list[Neighbour]) -> dict:
-        return {"release_id": release.release_id, "no_match": release.is_no_match(neighbours),
+    def answer(release: Release, neighbours: list[Neighbour], band: str) -> dict:
+        return {"release_id": release.release_id, **match_fields(band),
                 "neighbours": [{**{key: value for key, value in n.as_dict().items() if key != "path"},
                                 "image_url": f"/items/{n.item_id}/image"} for n in neighbours]}
 
@@ -251,7 +253,9 @@ def create_app(settings: ServiceSettings, follower: ReleaseFollower | None = Non
                 raise HTTPException(413, str(error)) from None
             except ImageRejected as error:
                 raise HTTPException(400, str(error)) from None
-            return answer(release, release.search(image.pixels[None], k, wanted)[0])
+            embedding = release.embed(image.pixels[None])
+            neighbours = release.neighbours(embedding, k, wanted)[0]
+            return answer(release, neighbours, release.match_band(image.pixels, embedding[0], neighbours))
 
         return await run_in_threadpool(run)
 
@@ -261,8 +265,10 @@ def create_app(settings: ServiceSettings, follower: ReleaseFollower | None = Non
                 label: str | None = Query(None, description="only items of this class")) -> dict:
         """More like catalogue item `item_id` (the item itself left out)."""
         release = serving()
-        item_row(release, item_id)
-        return answer(release, release.similar(item_id, k, label_index(release, label))[0])
+        row = item_row(release, item_id)
+        neighbours = release.similar(item_id, k, label_index(release, label))[0]
+        return answer(release, neighbours, release.match_band(release.items.images[row], release.embeddings[row],
+                                                              neighbours))
 
     @app.get("/items/{item_id}", response_model=ItemOut, response_model_exclude_none=True,
              dependencies=[Depends(authorised)])

@@ -20,6 +20,7 @@ import streamlit.components.v1 as components  # noqa: E402
 from storage.dataset import UNLABELLED, home_dataset  # noqa: E402
 from storage.home import DataHome  # noqa: E402
 from storage.images import MAX_FILE_BYTES, ImageRejected  # noqa: E402
+from storage.match_score import NONE, WEAK  # noqa: E402
 from storage.releases import ReleaseError, latest_release_id  # noqa: E402
 from ui import views  # noqa: E402
 
@@ -145,13 +146,13 @@ def gallery_grid(shown: list[views.GalleryItem], release) -> None:
 
 def neighbours_grid(live: views.LiveRelease, result: views.QueryResult) -> None:
     release = live.release
-    nearest = result.neighbours[0].distance if result.neighbours else None
-    limit = release.no_match_distance
-    if result.no_match:
-        st.warning(f"**No close match**: the nearest item is at {nearest:.3f}, beyond {limit:.3f}; nothing in "
-                   "the catalogue looks much like it.")
-    st.caption(f"{len(result.neighbours)} nearest of {len(release.items):,} items · {result.seconds * 1000:.0f} ms"
-               + ("" if limit is None else f" · no-match beyond {limit:.3f}"))
+    if result.match == NONE:
+        st.warning("**No close match**: this does not look like a garment of the catalogue (a drawing, text, "
+                   "noise or a pattern look like this); the nearest items are shown anyway.")
+    elif result.match == WEAK:
+        st.info("**Weak match**: this looks only partly like the catalogue's garments; the nearest items may "
+                "not be what you are after.")
+    st.caption(f"{len(result.neighbours)} nearest of {len(release.items):,} items · {result.seconds * 1000:.0f} ms")
     with st.container(key="neighbours"):
         for grid_row in grid_rows(list(zip(result.neighbours, result.rows)), NEIGHBOUR_COLUMNS):
             for column, (neighbour, row) in grid_row:

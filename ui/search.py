@@ -20,6 +20,7 @@ from storage.errors import UserError
 from storage.files import escape_name
 from storage.home import DataHome
 from storage.images import ImageRejected, encode_png, normalise_file
+from storage.match_score import match_fields
 from storage.releases import Release, load_release
 from storage.runtime import add_verbose_flag, parse_command_line
 
@@ -64,11 +65,14 @@ def search_files(release: Release, paths: list[Path], k: int, save: Path | None 
     if pixels:
         import numpy as np
 
-        for position, query, neighbours in zip(accepted, pixels, release.search(np.stack(pixels), k)):
+        images = np.stack(pixels)
+        embeddings = release.embed(images)
+        for position, image, embedding, neighbours in zip(accepted, images, embeddings,
+                                                          release.neighbours(embeddings, k)):
             results[position]["neighbours"] = [n.as_dict() for n in neighbours]
-            results[position]["no_match"] = release.is_no_match(neighbours)
+            results[position].update(match_fields(release.match_band(image, embedding, neighbours)))
             if save is not None:
-                save_pictures(release, results[position], save / f"image-{position + 1}", encode_png(query))
+                save_pictures(release, results[position], save / f"image-{position + 1}", encode_png(image))
     return results
 
 
@@ -78,16 +82,17 @@ def similar_items(release: Release, item_ids: list[int], k: int, save: Path | No
     results = []
     for item_id in item_ids:
         try:
-            neighbours = release.similar(item_id, k)[0]
+            row = release.row_of(item_id)
         except KeyError:
             results.append({"item": item_id, "release_id": release.release_id,
                             "error": f"no item {item_id} in release {release.release_id}"})
             continue
+        neighbours = release.similar(item_id, k)[0]
+        band = release.match_band(release.items.images[row], release.embeddings[row], neighbours)
         results.append({"item": item_id, "release_id": release.release_id,
-                        "neighbours": [n.as_dict() for n in neighbours], "no_match": release.is_no_match(neighbours)})
+                        "neighbours": [n.as_dict() for n in neighbours], **match_fields(band)})
         if save is not None:
-            searched = encode_png(release.items.images[release.row_of(item_id)])
-            save_pictures(release, results[-1], save / f"item-{item_id}", searched)
+            save_pictures(release, results[-1], save / f"item-{item_id}", encode_png(release.items.images[row]))
     return results
 
 

@@ -116,7 +116,7 @@ class QueryResult:
     label: int | None  # the query's class when known (gallery), else None (uploads)
     neighbours: list[Neighbour]
     rows: np.ndarray  # row of each neighbour in release.items, for its pixels
-    no_match: bool
+    match: str  # GOOD, WEAK or NONE (no close match): storage/match_score.py
     seconds: float  # normalise + search, as the page sees it
 
 
@@ -124,10 +124,11 @@ def search_pixels(live: LiveRelease, pixels: np.ndarray, k: int, label: int | No
                   exclude_item: int | None = None, started: float | None = None) -> QueryResult:
     """k nearest items of one normalised image (without `exclude_item`: a catalogue item finds itself)."""
     started = time.perf_counter() if started is None else started
-    results = live.release.neighbours(live.release.embed(pixels[None]), k, exclude_item=exclude_item)
+    embedding = live.release.embed(pixels[None])
+    results = live.release.neighbours(embedding, k, exclude_item=exclude_item)
     neighbours = results[0]
-    return QueryResult(pixels, label, neighbours, results.rows[0], live.release.is_no_match(neighbours),
-                       time.perf_counter() - started)
+    return QueryResult(pixels, label, neighbours, results.rows[0],
+                       live.release.match_band(pixels, embedding[0], neighbours), time.perf_counter() - started)
 
 
 def search_item(live: LiveRelease, item: GalleryItem, k: int) -> QueryResult:
