@@ -23,6 +23,7 @@ from benchmarks.common import machine
 from storage.catalog import DATASET_SOURCE, Catalog, CatalogItems
 from storage.dataset import FASHION_MNIST
 from storage.home import DataHome
+from storage.lock import writer_lock
 from storage.releases import ModelRecord, ReleaseManifest, ReleaseWriter, load_release
 from storage.search_index import segment_key
 from storage.runtime import load_tensorflow
@@ -40,13 +41,14 @@ def synthetic_store(home: DataHome, size: int, model, seed: int) -> DataHome:
     paths = np.array([f"synthetic/{i}" for i in range(size)])
     items = CatalogItems(np.arange(size, dtype=np.int64), labels, images, paths,
                          np.full(size, DATASET_SOURCE))
-    writer = ReleaseWriter(home)
-    Catalog(home.catalog, FASHION_MNIST).add(items, writer.release_id)
-    config = TrainConfig()
-    manifest = ReleaseManifest("full", None, size, ModelRecord(config.as_dict(), writer.release_id, size - 1).as_dict(),
-                               FASHION_MNIST)
-    publish_release(home, writer, manifest, {"precision@1": 0.0, "recall@5": 0.0}, new_items=items,
-                    new_embeddings=embeddings, model=model)
+    with writer_lock(home, holder="benchmark"):  # as every writer (on S3: the lease that moves LATEST)
+        writer = ReleaseWriter(home)
+        Catalog(home.catalog, FASHION_MNIST).add(items, writer.release_id)
+        config = TrainConfig()
+        manifest = ReleaseManifest("full", None, size, ModelRecord(config.as_dict(), writer.release_id,
+                                                                   size - 1).as_dict(), FASHION_MNIST)
+        publish_release(home, writer, manifest, {"precision@1": 0.0, "recall@5": 0.0}, new_items=items,
+                        new_embeddings=embeddings, model=model)
     return home
 
 

@@ -47,6 +47,7 @@ from storage.embedder import EMBEDDER_FILE, Embedder, make_embedder
 from storage.errors import UserError
 from storage.files import NotRegularFileError
 from storage.home import LATEST, REASON_SUFFIX, DataHome
+from storage.images import encode_png
 from storage.lock import replace_pointer
 from storage.match_score import GOOD, NONE, MatchScore
 from storage.objects import OutsideStoreError
@@ -334,6 +335,12 @@ class Release:
     def similar(self, item_id: int, k: int = 10, label: int | None = None) -> "SearchResults":
         """More like catalogue item `item_id` (KeyError when this release lacks it); the item itself left out."""
         return self.neighbours(self.embeddings[self.row_of(item_id)][None], k, label, exclude_item=item_id)
+
+    def picture_file(self, row: int) -> tuple[bytes, str]:
+        """The picture of the item at `row` as a file's bytes and its type ("jpeg" or "png"): its display
+        copy as stored (a photo's JPEG), else its pixels as a PNG (`ui.search --save`, the service)."""
+        display = self.items.displays[row]
+        return (bytes(display), "jpeg") if display else (encode_png(self.items.images[row]), "png")
 
     def row_of(self, item_id: int) -> int:
         """The row of `item_id` in this release's arrays; KeyError when it holds no such item."""

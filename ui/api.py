@@ -46,7 +46,6 @@ from storage.images import MAX_FILE_BYTES, ImageRejected, ImageTooLarge, normali
 from storage.match_score import match_fields
 from storage.releases import Neighbour, Release, latest_release_id, load_release
 from storage.runtime import add_verbose_flag, parse_command_line, verbose
-from ui.search import item_picture
 
 TOKEN_ENV = "FASHION_SIM_API_TOKEN"
 HOSTS_ENV = "FASHION_SIM_API_HOSTS"  # comma-separated Host header values accepted (set by main for workers)
@@ -286,7 +285,7 @@ def create_app(settings: ServiceSettings, follower: ReleaseFollower | None = Non
     def item_image(item_id: int) -> Response:
         """The item's display copy as stored (a photo's JPEG), else its pixels as a PNG."""
         release = serving()
-        data, kind = item_picture(release, item_row(release, item_id))
+        data, kind = release.picture_file(item_row(release, item_id))
         # an item id never changes its picture
         return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": "public, max-age=86400"})
 

@@ -27,13 +27,6 @@ from storage.runtime import add_verbose_flag, parse_command_line
 PICTURE_SUFFIX = {"jpeg": "jpg", "png": "png"}
 
 
-def item_picture(release: Release, row: int) -> tuple[bytes, str]:
-    """The picture of the item at `row` as a file's bytes and its type ("jpeg" or "png"): its display
-    copy as stored (a photo's JPEG), else its pixels as a PNG. The service's /items/{id}/image too."""
-    display = release.items.displays[row]
-    return (bytes(display), "jpeg") if display else (encode_png(release.items.images[row]), "png")
-
-
 def save_pictures(release: Release, result: dict, folder: Path, searched: bytes) -> None:
     """Write the picture that was searched (`searched`, a PNG) and each neighbour's picture into
     `folder`, and add their paths to `result` ("query_file", and "file" in each neighbour)."""
@@ -42,7 +35,7 @@ def save_pictures(release: Release, result: dict, folder: Path, searched: bytes)
     query_file.write_bytes(searched)
     result["query_file"] = str(query_file)
     for neighbour in result["neighbours"]:
-        data, kind = item_picture(release, release.row_of(neighbour["item_id"]))
+        data, kind = release.picture_file(release.row_of(neighbour["item_id"]))
         path = folder / f"{neighbour['rank']:02d}-item-{neighbour['item_id']}.{PICTURE_SUFFIX[kind]}"
         path.write_bytes(data)
         neighbour["file"] = str(path)
