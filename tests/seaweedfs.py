@@ -120,6 +120,7 @@ def main() -> None:
         print("  " + " ".join(f"export {name}={value};" for name, value in variables.items() if name != "S3_BUCKET"))
         print(f"  export FASHION_SIM_HOME=s3://{args.bucket}/home FASHION_SIM_INCOMING=$PWD/incoming")
         print("Ctrl-C stops it.", flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stopped by kill too, the server with it
         try:
             signal.pause()
         except KeyboardInterrupt:
