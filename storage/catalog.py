@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage.dataset import DatasetDescription
-from storage.errors import UserError
+from storage.errors import UserError, is_out_of_space
 from storage.images import content_hash, input_from_display
 from storage.location import lance_storage_options
 
@@ -160,8 +160,8 @@ class Catalog:
         except (ValueError, OSError) as error:
             if is_missing_dataset(error):
                 return None
-            if "No space left" in str(error) or "os error 28" in str(error):
-                raise
+            if is_out_of_space(error):
+                raise  # the writer session says what to do
             raise CatalogError(
                 f"The catalogue {self.uri} is damaged ({str(error).splitlines()[0][:200]}). Move it aside "
                 f"(mv {self.uri} {self.uri}.damaged) and run again: the next run rebuilds it from the live release."
@@ -306,9 +306,12 @@ class Catalog:
     def forget_unpublished(self, published_release_ids: set[str]) -> int:
         """Delete rows written for releases that never got published (a crashed run), in one commit.
         Returns how many."""
-        release_ids = self._column("release_id").to_numpy(zero_copy_only=False)
+        dataset = self._open()
+        if dataset is None:
+            return 0
+        release_ids = dataset.to_table(columns=["release_id"]).column("release_id").to_numpy(zero_copy_only=False)
         orphans = sorted(set(release_ids.tolist()) - set(published_release_ids))
         if not orphans:
             return 0
-        self._open().delete(f"release_id IN ({', '.join(sql_text(rid) for rid in orphans)})")
+        dataset.delete(f"release_id IN ({', '.join(sql_text(rid) for rid in orphans)})")
         return int(np.isin(release_ids, orphans).sum())

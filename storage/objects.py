@@ -196,13 +196,12 @@ class S3Store:
         return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
 
     def delete(self, key: str) -> None:
+        """Remove the object or everything under `key` (batched deletes); nothing when absent."""
         target = self._object(key)
         self.fs.invalidate_cache(target)
-        for path in [*self.fs.find(target), target]:
-            try:
-                self.fs.rm_file(path)
-            except FileNotFoundError:
-                pass
+        paths = self.fs.find(target)  # every object under the prefix, or the object itself
+        if paths:
+            self.fs.rm(paths)
         self.fs.invalidate_cache(target)
 
     def put_file(self, local: Path, key: str) -> None:

@@ -202,6 +202,12 @@ def read_manifest(home: DataHome, release_id: str) -> dict[str, Any]:
     return manifest
 
 
+def manifest_dataset(manifest: dict[str, Any]) -> DatasetDescription:
+    """What a release's items are (releases from before manifests recorded it: Fashion-MNIST)."""
+    recorded = manifest.get("dataset")
+    return DatasetDescription.from_dict(recorded) if recorded else FASHION_MNIST
+
+
 def model_key(manifest: dict[str, Any], name: str) -> str:
     """Where the file `name` of a release's model is: in the release that trained it."""
     owner = manifest.get("model_release", manifest.get("release_id"))
@@ -262,11 +268,10 @@ class Release:
     _model: Any = field(default=None, repr=False)
     _id_order: np.ndarray | None = field(default=None, repr=False)
 
-    @property
+    @cached_property
     def dataset(self) -> DatasetDescription:
-        """What this release's items are (releases from before manifests recorded it: Fashion-MNIST)."""
-        recorded = self.manifest.get("dataset")
-        return DatasetDescription.from_dict(recorded) if recorded else FASHION_MNIST
+        """What this release's items are (read once: every query's match band asks for its side)."""
+        return manifest_dataset(self.manifest)
 
     @property
     def no_match_distance(self) -> float | None:
@@ -408,8 +413,7 @@ def load_release(home: DataHome, release_id: str | None = None) -> Release:
         state = "(LATEST is missing)" if complete_release_ids(home) else "yet"
         raise NoReleaseError(f"No release is published in {home.location} {state}: {restore_latest_hint(home)}")
     manifest = read_manifest(home, release_id)
-    dataset = DatasetDescription.from_dict(manifest["dataset"]) if manifest.get("dataset") else FASHION_MNIST
-    items, embeddings, index = load_segments(home.store, manifest["segments"], dataset.pixel_shape)
+    items, embeddings, index = load_segments(home.store, manifest["segments"], manifest_dataset(manifest).pixel_shape)
     return Release(release_id, home.store, manifest, embeddings, items, read_metrics(home, manifest), index)
 
 
@@ -570,12 +574,14 @@ def recover(home: DataHome) -> Recovery:
     for leftover in leftover_temp_files(rejected, f"*{REASON_SUFFIX}") if rejected and rejected.is_dir() else []:
         leftover.unlink()
         removed.append(f"rejected/{leftover.relative_to(rejected).as_posix()}")
+    published = set()  # releases with a manifest (complete, or damaged: never deleted here)
     for name in home.store.list(RELEASES):
-        if RELEASE_ID_PATTERN.match(name) and not home.store.exists(release_key(name, MANIFEST)):
+        if home.store.exists(release_key(name, MANIFEST)):
+            published.add(name)
+        elif RELEASE_ID_PATTERN.match(name):
             home.store.delete(release_key(name))
             removed.append(release_key(name))
     complete = complete_release_ids(home)
-    published = {name for name in home.store.list(RELEASES) if home.store.exists(release_key(name, MANIFEST))}
     for entry in home.store.list(SEGMENTS):
         name = entry.removesuffix(".lance").removesuffix(".hnsw")
         written_by = SEGMENT_NAME_PATTERN.match(name)

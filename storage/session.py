@@ -9,7 +9,6 @@ anywhere inside into one StoreFullError line that says what to do.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from contextlib import contextmanager
@@ -20,27 +19,17 @@ import numpy as np
 
 from storage.catalog import Catalog
 from storage.dataset import DatasetDescription, home_dataset
-from storage.errors import UserError
+from storage.errors import UserError, is_out_of_space
 from storage.files import unescape_name
 from storage.home import DataHome
 from storage.images import ImageRejected, normalise_file
 from storage.lock import writer_lock
 from storage.releases import NoReleaseError, Recovery, Release, load_release, next_item_id_of, recover
 
-OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# how Lance (Rust's io errors, passed on as text) names a full disk or quota
-OUT_OF_SPACE_MESSAGES = ("os error 28", "os error 122", "No space left on device", "Disk quota exceeded")
 
 
 class StoreFullError(UserError, RuntimeError):
     """The data home's filesystem is full; the message says what to do."""
-
-
-def is_out_of_space(error: BaseException) -> bool:
-    """True for the ways a full disk (or quota) shows: ENOSPC/EDQUOT, or the catalogue engine's text for it."""
-    if isinstance(error, OSError) and error.errno in OUT_OF_SPACE_ERRNOS:
-        return True
-    return any(message in str(error) for message in OUT_OF_SPACE_MESSAGES)
 
 
 @dataclass

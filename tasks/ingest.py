@@ -61,7 +61,7 @@ from storage.files import (NAME_MAX_BYTES, escape_name, file_kind, name_bytes, r
                            shorten_name)
 from storage.home import REASON_SUFFIX
 from storage.images import MAX_FILE_BYTES, ImageRejected, NormalisedImage, normalise_image
-from storage.session import is_out_of_space
+from storage.errors import is_out_of_space
 from tasks.logs import step_logger
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -95,19 +95,6 @@ def s3_server(tmp_path_factory):
                 os.environ[name] = value
 
 
-def s3_home_at(bucket: str, tmp_path: Path, monkeypatch) -> DataHome:
-    """An empty home under a fresh prefix of `bucket`, exported as FASHION_SIM_HOME; its local folder
-    (FASHION_SIM_CACHE) and drop folder (FASHION_SIM_INCOMING) in tmp_path."""
-    import uuid
-
-    uri = f"s3://{bucket}/{uuid.uuid4().hex[:12]}"
-    monkeypatch.setenv("FASHION_SIM_HOME", uri)
-    monkeypatch.setenv("FASHION_SIM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("FASHION_SIM_INCOMING", str(tmp_path / "drops" / "incoming"))
-    monkeypatch.setenv("FASHION_SIM_LEASE_SECONDS", "8")  # a killed writer's lease lapses within a test's patience
-    return DataHome.from_env().ensure()
-
-
 def upload_home(local_root: Path, home: DataHome) -> None:
     """The store part of a local data home (everything but its local folders), copied to `home`'s store."""
     for entry in sorted(local_root.iterdir()):
@@ -121,7 +108,16 @@ def upload_home(local_root: Path, home: DataHome) -> None:
 
 @pytest.fixture
 def s3_home(s3_server, tmp_path, monkeypatch) -> DataHome:
-    return s3_home_at(s3_server["S3_BUCKET"], tmp_path, monkeypatch)
+    """An empty home under a fresh prefix of the test bucket, exported as FASHION_SIM_HOME; its local folder
+    (FASHION_SIM_CACHE) and drop folder (FASHION_SIM_INCOMING) in tmp_path."""
+    import uuid
+
+    uri = f"s3://{s3_server['S3_BUCKET']}/{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("FASHION_SIM_HOME", uri)
+    monkeypatch.setenv("FASHION_SIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASHION_SIM_INCOMING", str(tmp_path / "drops" / "incoming"))
+    monkeypatch.setenv("FASHION_SIM_LEASE_SECONDS", "8")  # a killed writer's lease lapses within a test's patience
+    return DataHome.from_env().ensure()
 
 
 @pytest.fixture(params=["local", "s3"])
