@@ -51,7 +51,7 @@ from storage.images import encode_png
 from storage.lock import replace_pointer
 from storage.match_score import GOOD, NONE, MatchScore
 from storage.objects import OutsideStoreError
-from storage.search_index import (SEGMENTS, SegmentedIndex, exact_knn, graph_key, load_segments, read_segment,
+from storage.search_index import (SEGMENTS, Column, SegmentedIndex, graph_key, load_segments, read_segment,
                                   segment_key, write_segment)
 
 MANIFEST = "manifest.json"
@@ -260,7 +260,7 @@ class Release:
     release_id: str
     store: Any = field(repr=False)  # storage.objects.LocalStore | S3Store: where its files are
     manifest: dict[str, Any]
-    embeddings: np.ndarray  # float32 (n, d), unit length
+    embeddings: np.ndarray | Column  # float32 (n, d), unit length; a Column reads on-demand segments' rows when asked
     items: CatalogItems
     metrics: dict[str, Any]
     index: SegmentedIndex = field(repr=False)
@@ -360,15 +360,10 @@ class Release:
     def neighbours(self, query_embeddings: np.ndarray, k: int, label: int | None = None,
                    exclude_item: int | None = None) -> "SearchResults":
         """The k nearest items of each embedded query: among all (the index) or among class `label`
-        (exact search over that class's rows), leaving out `exclude_item` (an item asking for more
+        (exact search over that class's rows, or Lance's filtered search), leaving out `exclude_item` (an item asking for more
         like itself finds itself first)."""
         wanted = k + (exclude_item is not None)
-        if label is None:
-            distances, rows = self.nearest(query_embeddings, wanted)
-        else:
-            members = np.flatnonzero(self.items.labels == label)
-            distances, found = exact_knn(query_embeddings, self.embeddings[members], wanted)
-            rows = members[found]
+        distances, rows = self.index.nearest(query_embeddings, wanted, label=label)
         if exclude_item is not None:
             keep = self.items.item_ids[rows] != exclude_item
             keep &= np.cumsum(keep, axis=1) <= k  # the first k others of each query

@@ -17,7 +17,6 @@ import pytest
 
 from benchmarks.common import free_port
 from flows.serve import wait_for_server
-from storage.home import DataHome
 from storage.releases import latest_release_id, load_release
 from tests.conftest import REPO
 from tests.test_reindex import drop_labelled

@@ -1,0 +1,129 @@
+"""Where Lance's index takes over (issue 16): the in-memory path and the on-demand path on the same
+catalogues, in one run.
+
+Takes a published Fashion-MNIST home's live release (its items and embeddings; the home is never
+changed), grows it to each of --sizes by copies (pixels shifted by one to three columns, embeddings
+perturbed by noise of sigma 0.05 and renormalised: near their originals, never equal), and writes each
+catalogue twice into a scratch store as one segment: in memory (an HNSW graph) and on demand (Lance's
+IVF_HNSW_SQ index; storage.search_index.write_segment with the memory limit set to 0 and to the
+maximum). Each path is then opened in a fresh process, which reports: seconds to open, the memory
+the open added (peak RSS), one query's p50 / p99 (SegmentedIndex.nearest, in process, --queries
+queries that are perturbed catalogue vectors), recall@10 against exact search, and the time to read
+the pixels of ten rows (what the page shows for an answer). Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import multiprocessing
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import machine
+from storage.catalog import CatalogItems
+from storage.home import DataHome
+from storage.objects import LocalStore
+from storage.releases import load_release
+from storage.search_index import (IN_MEMORY_LIMIT_VARIABLE, IN_MEMORY_MAX_BYTES, exact_knn, in_memory_bytes,
+                                  load_segments, write_segment)
+
+K = 10
+PATHS = {"in_memory": str(1 << 62), "on_demand": "0"}  # FASHION_SIM_IN_MEMORY_BYTES for each
+
+
+def grown(items: CatalogItems, embeddings: np.ndarray, size: int, seed: int = 0) -> tuple[CatalogItems, np.ndarray]:
+    """`size` items: the originals, then shifted, perturbed copies of them (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    parts, vectors, copy = [items], [embeddings], 0
+    while sum(len(part) for part in parts) < size:
+        copy += 1
+        shifted = CatalogItems(item_ids=items.item_ids + copy * (int(items.item_ids.max()) + 1), labels=items.labels,
+                               images=np.roll(items.images, 1 + copy % 3, axis=2), paths=items.paths,
+                               sources=items.sources, displays=items.displays, metadata=items.metadata)
+        noisy = embeddings + rng.normal(0, 0.05, embeddings.shape).astype(np.float32)
+        parts.append(shifted)
+        vectors.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
+    joined = CatalogItems.concatenate(parts).subset(np.arange(size))
+    return joined, np.concatenate(vectors)[:size].astype(np.float32)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def measure_open(root: str, record: dict, shape: tuple, queries: np.ndarray, truth: np.ndarray, result) -> None:
+    """Runs in a fresh process: open the segment, search, read pixels; put the figures in `result`."""
+    for module in ("hnswlib", "lance"):  # imported before the clock starts, as in a serving process
+        importlib.import_module(module)
+    before = resident_bytes()
+    started = time.perf_counter()
+    items, _, index = load_segments(LocalStore(Path(root)), [record], shape)
+    opened = time.perf_counter() - started
+    added = resident_bytes() - before
+    index.nearest(queries[:5], K)  # warm up
+    samples, found = [], []
+    for query in queries:
+        started = time.perf_counter()
+        _, rows = index.nearest(query[None], K)
+        samples.append(time.perf_counter() - started)
+        found.append(rows[0])
+    recall = float(np.mean([len(set(got) & set(want)) / K for got, want in zip(found, truth)]))
+    started = time.perf_counter()
+    for rows in found[:20]:
+        items.images[rows]
+    pixels_ms = (time.perf_counter() - started) / 20 * 1000
+    result.put({"open_s": round(opened, 3), "open_memory_mib": round(added / 2 ** 20, 1),
+                "query_p50_ms": round(float(np.percentile(samples, 50)) * 1000, 3),
+                "query_p99_ms": round(float(np.percentile(samples, 99)) * 1000, 3),
+                "recall@10": round(recall, 4), "pixels_of_10_rows_ms": round(pixels_ms, 3)})
+
+
+def measure_size(items: CatalogItems, embeddings: np.ndarray, size: int, queries_count: int, scratch: Path) -> dict:
+    catalogue, vectors = grown(items, embeddings, size)
+    rng = np.random.default_rng(1)
+    queries = vectors[rng.choice(size, queries_count, replace=False)] + rng.normal(0, 0.02, (queries_count, vectors.shape[1]))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    truth = exact_knn(queries, vectors, K)[1]
+    store = LocalStore(scratch / f"store-{size}")
+    figures = {"items": size, "in_memory_bytes_estimate": in_memory_bytes(catalogue)}
+    context = multiprocessing.get_context("spawn")
+    for number, (path, limit) in enumerate(PATHS.items()):
+        os.environ[IN_MEMORY_LIMIT_VARIABLE] = limit
+        started = time.perf_counter()
+        record = write_segment(store, f"20260101T000000000000Z-{size}{number}", catalogue, vectors, scratch)
+        written = time.perf_counter() - started
+        result = context.Queue()
+        child = context.Process(target=measure_open, args=(str(store.root), record, catalogue.images.shape[1:],
+                                                           queries, truth, result))
+        child.start()
+        figures[path] = {"write_and_index_s": round(written, 2), **result.get(), "index": record.get("index", "hnsw")}
+        child.join()
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", default=os.environ.get("FASHION_SIM_HOME", "data"),
+                        help="a published Fashion-MNIST data home (read only)")
+    parser.add_argument("--sizes", default="60000,240000", help="catalogue sizes, comma-separated")
+    parser.add_argument("--queries", type=int, default=300)
+    args = parser.parse_args(argv)
+    release = load_release(DataHome.from_env(Path(args.home)))
+    embeddings = np.asarray(release.embeddings, np.float32)
+    with tempfile.TemporaryDirectory(prefix="benchmark-lance-index-") as scratch:
+        sizes = [measure_size(release.items, embeddings, int(size), args.queries, Path(scratch))
+                 for size in args.sizes.split(",")]
+    print(json.dumps({"benchmark": "lance_index", "machine": machine(), "k": K,
+                      "in_memory_max_bytes": IN_MEMORY_MAX_BYTES, "sizes": sizes}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
