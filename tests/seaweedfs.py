@@ -60,30 +60,51 @@ def environment(endpoint: str, bucket: str) -> dict[str, str]:
             "AWS_REGION": REGION, "S3_BUCKET": bucket}
 
 
+START_ATTEMPTS = 3  # another process may take a port found free before the server binds it
+
+
+class ServerExited(RuntimeError):
+    """The server stopped while starting (its log's tail in the message)."""
+
+
 @contextmanager
 def seaweedfs(folder: Path, bucket: str = DEFAULT_BUCKET, s3_port: int = 0) -> Iterator[dict[str, str]]:
     """A SeaweedFS server storing in `folder`, with `bucket` created, S3 on `s3_port` (default: one found
-    free); yields its environment()."""
-    ports = {name: free_port_pair() for name in PORTS}
-    ports["s3.port"] = s3_port or ports["s3.port"]
-    variables = environment(f"http://127.0.0.1:{ports['s3.port']}", bucket)
-    command = [weed_binary(), "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               *(f"-{name}={port}" for name, port in ports.items())]
-    log = open(Path(folder) / "weed.log", "wb")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                              env={**os.environ, **variables})
+    free); yields its environment(). A server that exits while starting is started again on other ports."""
+    for attempt in range(START_ATTEMPTS):
+        ports = {name: free_port_pair() for name in PORTS}
+        ports["s3.port"] = s3_port or ports["s3.port"]
+        variables = environment(f"http://127.0.0.1:{ports['s3.port']}", bucket)
+        command = [weed_binary(), "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                   "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                   *(f"-{name}={port}" for name, port in ports.items())]
+        log = open(Path(folder) / "weed.log", "wb")
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, **variables})
+        try:
+            wait_for_bucket(variables, server, Path(folder) / "weed.log")
+            break
+        except ServerExited:
+            log.close()
+            if attempt == START_ATTEMPTS - 1 or s3_port:
+                raise
     try:
-        wait_for_bucket(variables, server, Path(folder) / "weed.log")
         yield variables
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop(server)
         log.close()
+
+
+def stop(server: subprocess.Popen) -> None:
+    """Stop the server's process group (SIGTERM, then SIGKILL after 20 s); nothing when it has exited."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    except ProcessLookupError:
+        server.wait()
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def wait_for_bucket(variables: dict[str, str], server: subprocess.Popen, log: Path) -> None:
@@ -95,7 +116,7 @@ def wait_for_bucket(variables: dict[str, str], server: subprocess.Popen, log: Pa
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if server.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited with {server.returncode}: {log.read_text(errors='replace')[-2000:]}")
+            raise ServerExited(f"SeaweedFS exited with {server.returncode}: {log.read_text(errors='replace')[-2000:]}")
         try:
             if not fs.exists(variables["S3_BUCKET"]):
                 fs.mkdir(variables["S3_BUCKET"])
@@ -103,6 +124,7 @@ def wait_for_bucket(variables: dict[str, str], server: subprocess.Popen, log: Pa
             return
         except Exception:  # noqa: BLE001 - not serving yet, whatever it says
             if time.monotonic() > deadline:
+                stop(server)
                 raise
             time.sleep(0.5)
 
