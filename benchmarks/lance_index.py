@@ -9,12 +9,14 @@ IVF_HNSW_SQ index; storage.search_index.write_segment with the memory limit set 
 maximum). Each path is then opened in a fresh process, which reports: seconds to open, the memory
 the open added (peak RSS), one query's p50 / p99 (SegmentedIndex.nearest, in process, --queries
 queries that are perturbed catalogue vectors), recall@10 against exact search, and the time to read
-the pixels of ten rows (what the page shows for an answer). Prints one JSON object.
+the pixels of ten rows (what the page shows for an answer). With --s3, the on-demand path also on an
+S3 store (SeaweedFS on this machine, started and stopped here). Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import multiprocessing
@@ -29,10 +31,11 @@ import numpy as np
 from benchmarks.common import machine
 from storage.catalog import CatalogItems
 from storage.home import DataHome
-from storage.objects import LocalStore
+from storage.objects import open_store
 from storage.releases import load_release
 from storage.search_index import (IN_MEMORY_LIMIT_VARIABLE, IN_MEMORY_MAX_BYTES, exact_knn, in_memory_bytes,
                                   load_segments, write_segment)
+from tests.seaweedfs import seaweedfs
 
 K = 10
 PATHS = {"in_memory": str(1 << 62), "on_demand": "0"}  # FASHION_SIM_IN_MEMORY_BYTES for each
@@ -59,13 +62,13 @@ def resident_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
 
-def measure_open(root: str, record: dict, shape: tuple, queries: np.ndarray, truth: np.ndarray, result) -> None:
+def measure_open(uri: str, record: dict, shape: tuple, queries: np.ndarray, truth: np.ndarray, result) -> None:
     """Runs in a fresh process: open the segment, search, read pixels; put the figures in `result`."""
     for module in ("hnswlib", "lance"):  # imported before the clock starts, as in a serving process
         importlib.import_module(module)
     before = resident_bytes()
     started = time.perf_counter()
-    items, _, index = load_segments(LocalStore(Path(root)), [record], shape)
+    items, _, index = load_segments(open_store(uri, Path(tempfile.mkdtemp())), [record], shape)
     opened = time.perf_counter() - started
     added = resident_bytes() - before
     index.nearest(queries[:5], K)  # warm up
@@ -86,23 +89,27 @@ def measure_open(root: str, record: dict, shape: tuple, queries: np.ndarray, tru
                 "recall@10": round(recall, 4), "pixels_of_10_rows_ms": round(pixels_ms, 3)})
 
 
-def measure_size(items: CatalogItems, embeddings: np.ndarray, size: int, queries_count: int, scratch: Path) -> dict:
+def measure_size(items: CatalogItems, embeddings: np.ndarray, size: int, queries_count: int, scratch: Path,
+                 s3_uri: str | None) -> dict:
     catalogue, vectors = grown(items, embeddings, size)
     rng = np.random.default_rng(1)
     queries = vectors[rng.choice(size, queries_count, replace=False)] + rng.normal(0, 0.02, (queries_count, vectors.shape[1]))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     truth = exact_knn(queries, vectors, K)[1]
-    store = LocalStore(scratch / f"store-{size}")
     figures = {"items": size, "in_memory_bytes_estimate": in_memory_bytes(catalogue)}
     context = multiprocessing.get_context("spawn")
-    for number, (path, limit) in enumerate(PATHS.items()):
+    runs = [(path, limit, str(scratch / f"store-{size}")) for path, limit in PATHS.items()]
+    if s3_uri:
+        runs.append(("on_demand_s3", PATHS["on_demand"], f"{s3_uri}/store-{size}"))
+    for number, (path, limit, uri) in enumerate(runs):
         os.environ[IN_MEMORY_LIMIT_VARIABLE] = limit
         started = time.perf_counter()
-        record = write_segment(store, f"20260101T000000000000Z-{size}{number}", catalogue, vectors, scratch)
+        record = write_segment(open_store(uri, scratch / "cache"), f"20260101T000000000000Z-{size}{number}",
+                               catalogue, vectors, scratch)
         written = time.perf_counter() - started
         result = context.Queue()
-        child = context.Process(target=measure_open, args=(str(store.root), record, catalogue.images.shape[1:],
-                                                           queries, truth, result))
+        child = context.Process(target=measure_open, args=(uri, record, catalogue.images.shape[1:], queries, truth,
+                                                           result))
         child.start()
         figures[path] = {"write_and_index_s": round(written, 2), **result.get(), "index": record.get("index", "hnsw")}
         child.join()
@@ -115,11 +122,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="a published Fashion-MNIST data home (read only)")
     parser.add_argument("--sizes", default="60000,240000", help="catalogue sizes, comma-separated")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--s3", action="store_true", help="also the on-demand path on an S3 store (SeaweedFS, started here)")
     args = parser.parse_args(argv)
     release = load_release(DataHome.from_env(Path(args.home)))
     embeddings = np.asarray(release.embeddings, np.float32)
-    with tempfile.TemporaryDirectory(prefix="benchmark-lance-index-") as scratch:
-        sizes = [measure_size(release.items, embeddings, int(size), args.queries, Path(scratch))
+    with tempfile.TemporaryDirectory(prefix="benchmark-lance-index-") as scratch, contextlib.ExitStack() as stack:
+        s3_uri = None
+        if args.s3:
+            (Path(scratch) / "s3").mkdir()
+            os.environ.update(stack.enter_context(seaweedfs(Path(scratch) / "s3")))
+            s3_uri = f"s3://{os.environ['S3_BUCKET']}/lance-index"
+        sizes = [measure_size(release.items, embeddings, int(size), args.queries, Path(scratch), s3_uri)
                  for size in args.sizes.split(",")]
     print(json.dumps({"benchmark": "lance_index", "machine": machine(), "k": K,
                       "in_memory_max_bytes": IN_MEMORY_MAX_BYTES, "sizes": sizes}, indent=2))
