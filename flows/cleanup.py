@@ -3,8 +3,8 @@
 Keeps the newest `keep` releases, the live one, every one live in the last RECENTLY_LIVE_MINUTES (a
 page or service that still has it open keeps answering until it switches), and the release whose
 model a kept one serves; deletes the other releases, the segments (.lance + .hnsw) no kept release
-refers to, and the catalogue's and removal marks' Lance versions older than the oldest kept release
-(storage/lifecycle.py says how "recently live" is derived). prefect.yaml runs it daily. Inside one
+refers to, and the catalogue's and removal marks' Lance versions older than the oldest release kept
+for itself (storage/lifecycle.py says how "recently live" is derived). prefect.yaml runs it daily. Inside one
 writer session (storage/session.py). Run once without a server: `python -m flows.cleanup --help`.
 """
 

@@ -9,8 +9,8 @@ cost anything (benchmarks/lifecycle.py measures a removal from a 60,000-item cat
 Clean-up (`plan_cleanup`, `clean_up`) keeps the newest N complete releases, the live one, every one
 that was live in the last RECENTLY_LIVE_MINUTES, and the release whose model a kept one serves (its
 manifest names the model's files, so it stays whole); it deletes the other releases, the segments no
-kept release refers to, and the catalogue's and marks' Lance versions older than the oldest kept
-release. When a release was live is derived from the manifests: every publish moves LATEST to the
+kept release refers to, and the catalogue's and marks' Lance versions older than the oldest release kept
+for itself (no release reads them). When a release was live is derived from the manifests: every publish moves LATEST to the
 release it publishes (a rollback too: it is a new release), so release i was live from its
 `published_at` until the next release's. Nothing extra to record, keep consistent or recover after
 a crash; a LATEST moved by hand is the one case it misreads, and the live release is kept whatever
@@ -19,6 +19,7 @@ the manifests say.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -29,8 +30,10 @@ from storage.catalog import Catalog, CatalogItems
 from storage.home import CATALOG, DataHome
 from storage.location import lance_storage_options
 from storage.removals import REMOVALS
-from storage.releases import (MANIFEST, RELEASES, RETIRED_THROUGH, SEGMENT_NAME_PATTERN, Release, ReleaseWriter,
-                              complete_release_ids, latest_release_id, read_manifest, release_key, retired_through)
+from storage.embedder import EMBEDDER_FILE
+from storage.releases import (MANIFEST, MODEL_FILE, RELEASES, RETIRED_THROUGH, SEGMENT_NAME_PATTERN, Release,
+                              ReleaseWriter, complete_release_ids, latest_release_id, model_key, read_manifest,
+                              release_key, retired_through)
 from storage.search_index import SEGMENTS, read_segment, segment_key
 
 # readers never write, so "in use" means "recently live": a page or service follows LATEST every
@@ -68,6 +71,15 @@ def link_without(writer: ReleaseWriter, release: Release, left_out: np.ndarray) 
     return dropped
 
 
+def adopt_model(writer: ReleaseWriter, release: Release) -> None:
+    """Make `writer`'s release serve its own copy of `release`'s model files (2.3 MB for Fashion-MNIST)
+    instead of referring to their owner: a removal rewrites the owner's large segment, and only once no
+    kept release serves the owner's model can a clean-up delete the owner and that segment (87 MB)."""
+    for name in (MODEL_FILE, EMBEDDER_FILE):
+        if model_key(release.manifest, name) in release.manifest["files"]:
+            shutil.copyfile(release.local_file(name), writer.path / name)
+
+
 def carried_metrics(release: Release) -> dict[str, Any]:
     """`release`'s evaluation, marked as carried over (as a re-index does: same model, the score of a
     few items more or less is not worth re-evaluating the whole test set)."""
@@ -89,7 +101,7 @@ class CleanupPlan:
     delete: list[str]  # complete releases to delete, oldest first
     why_kept: dict[str, str]  # release -> "newest N" | "live" | "recently live" | "serves model"
     segments: list[str]  # segment names (store entries without suffix) no kept release refers to
-    oldest_kept_published_at: datetime | None = None
+    versions_since: datetime | None = None  # Lance versions of the catalogue and marks older than this go
     manifests: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
 
@@ -125,15 +137,17 @@ def plan_cleanup(home: DataHome, keep: int, recently_live_minutes: float = RECEN
     used = {record["name"] for release_id in kept for record in manifests[release_id]["segments"]}
     segments = sorted({entry.removesuffix(".lance").removesuffix(".hnsw") for entry in home.store.list(SEGMENTS)
                        if SEGMENT_NAME_PATTERN.match(entry.removesuffix(".lance").removesuffix(".hnsw"))} - used)
-    return CleanupPlan(kept, sorted(set(manifests) - set(kept)), why, segments,
-                       min((published_at(manifests[r]) for r in kept), default=None), manifests)
+    # the catalogue's versions are read by no release: keep those of the newest N, live and recent ones
+    versions_since = min((published_at(manifests[r]) for r in kept if why[r] != "serves model"), default=None)
+    return CleanupPlan(kept, sorted(set(manifests) - set(kept)), why, segments, versions_since, manifests)
 
 
 def clean_up(home: DataHome, plan: CleanupPlan, catalog: Catalog) -> None:
     """Delete what `plan` says, under the writer lock: first RETIRED_THROUGH (so recovery never takes a
     deleted release's rows or shared segments for leftovers), then each release's manifest (a folder
     cut short is then one that recovery deletes), its folder, the unused segments, and the Lance
-    versions of the catalogue and the removal marks older than the oldest kept release."""
+    versions of the catalogue and the removal marks older than the oldest release kept for itself
+    (not only for its model)."""
     if plan.delete and plan.delete[-1] > retired_through(home):
         home.store.write_bytes(RETIRED_THROUGH, (plan.delete[-1] + "\n").encode())
     for release_id in plan.delete:
@@ -142,9 +156,9 @@ def clean_up(home: DataHome, plan: CleanupPlan, catalog: Catalog) -> None:
     for name in plan.segments:
         home.store.delete(f"{SEGMENTS}/{name}.hnsw")
         home.store.delete(segment_key(name))
-    if plan.oldest_kept_published_at is not None:
+    if plan.versions_since is not None:
         # segments are written once (one Lance version each) and deleted whole: nothing to clean in them
-        older_than = max(timedelta(0), datetime.now(timezone.utc) - plan.oldest_kept_published_at)
+        older_than = max(timedelta(0), datetime.now(timezone.utc) - plan.versions_since)
         catalog.cleanup_old_versions(older_than)
 
 

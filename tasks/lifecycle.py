@@ -2,8 +2,8 @@
 flows/rollback.py, flows/cleanup.py), each inside the flow's writer session.
 
 A removal writes its marks first (storage/removals.py), then publishes the live release less every
-marked item it still holds, with the live model and its evaluation carried over (as a re-index
-does); a removal cut short (marks written, release not) is finished by running it again. An undo
+marked item it still holds, with a copy of the live model (storage.lifecycle.adopt_model says why)
+and its evaluation carried over (as a re-index does); a removal cut short (marks written, release not) is finished by running it again. An undo
 lifts the marks, embeds the items with the live model and publishes them back. A rollback is a new
 release on top of the live one (kind "rollback", `rollback_to`, `rolled_back`): the target's model
 and segments less the marked items, plus the items catalogued since, embedded with the target's
@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from storage.errors import UserError
 from storage.images import ImageRejected, normalise_file
-from storage.lifecycle import (carried_metrics, clean_up, items_not_in, link_without, plan_cleanup, store_bytes)
+from storage.lifecycle import (adopt_model, carried_metrics, clean_up, items_not_in, link_without, plan_cleanup, store_bytes)
 from storage.catalog import Catalog
 from storage.releases import (METRICS_FILE, Release, ReleaseError, ReleaseManifest, ReleaseWriter,
                               complete_release_ids, load_release, release_key)
@@ -35,6 +35,10 @@ from tasks.logs import step_logger
 
 class UnknownItemError(UserError, LookupError):
     """An id, path or image names no catalogue item; nothing was changed."""
+
+
+class EmptyReleaseError(UserError, ValueError):
+    """A removal that would leave the live release without items; nothing was changed."""
 
 
 class NotRemovedError(UserError, ValueError):
@@ -102,6 +106,9 @@ def remove_items(session: WriterSession, item_ids: list[int], reason: str) -> Pu
     """Mark `item_ids` removed and publish the live release without every marked item it holds; None
     when the live release holds none of them (already removed)."""
     live, catalog = session.live, session.catalog
+    if np.isin(live.items.item_ids, item_ids).all():
+        raise EmptyReleaseError(f"removing {len(item_ids)} item(s) would leave release {live.release_id} empty; a "
+                               "release needs at least one item: nothing was removed or published")
     identities = catalog.identities()
     catalog.removals.mark([Removal(item_id, identities[item_id][1], now_text(), reason) for item_id in item_ids])
     marked = catalog.removals.item_ids()
@@ -113,7 +120,7 @@ def remove_items(session: WriterSession, item_ids: list[int], reason: str) -> Pu
 
     def build(writer: ReleaseWriter) -> None:
         dropped.append(link_without(writer, live, left_out))
-        writer.link_model_from(live)
+        adopt_model(writer, live)
 
     def manifest(writer: ReleaseWriter) -> ReleaseManifest:
         return ReleaseManifest("remove", live.release_id, len(live.items) - dropped[0], live.manifest["model"],

@@ -87,7 +87,8 @@ def test_remove_takes_items_out_at_once_and_undo_brings_them_back(any_published_
     assert new.metrics["metrics_carried_from"] == live.release_id
     assert new.metrics["precision@1"] == live.metrics["precision@1"]
     assert new.manifest["kind"] == "remove" and new.manifest["removed_items"] == gone
-    assert new.manifest["model_release"] == live.manifest["model_release"]
+    assert new.manifest["model_release"] == new.release_id  # its own copy: the old owner can be cleaned up
+    assert np.array_equal(new.embed(live.items.images[3:5]), live.embed(live.items.images[3:5]))
     marks = Catalog(home.catalog).removals.load()
     assert sorted(marks) == gone and marks[gone[0]].reason == "sold out"
     assert set(gone) <= set(Catalog(home.catalog).item_ids().tolist())  # the rows stay
@@ -227,10 +228,10 @@ def test_cleanup_keeps_live_recent_and_model_releases_and_frees_the_rest(any_pub
     before = store_bytes(home)
     with reader_loop(home):
         result = cleanup(keep=1, recently_live_minutes=0, data_home=home.location)
-    assert result["deleted_releases"] == [second, third]
-    assert result["kept"] == {live: "live", first.release_id: "serves model"}
-    assert complete_release_ids(home) == [first.release_id, live]
-    assert not home.store.exists(release_key(second)) and not home.store.exists(release_key(third))
+    assert result["deleted_releases"] == [first.release_id, second, third]  # the removal serves its own model
+    assert result["kept"] == {live: "live"}
+    assert complete_release_ids(home) == [live]
+    assert not any(home.store.exists(release_key(r)) for r in (first.release_id, second, third))
     assert written_by_third and set(result["deleted_segments"]) == set(written_by_third)
     assert not any(entry.startswith(third) for entry in home.store.list(SEGMENTS))
     assert result["freed_bytes"] > 0 and store_bytes(home) < before
@@ -241,6 +242,8 @@ def test_cleanup_keeps_live_recent_and_model_releases_and_frees_the_rest(any_pub
     assert len(Catalog(home.catalog).item_ids()) == rows
     served = load_release(home)
     assert served.release_id == live and set(drops_a) <= set(served.items.item_ids.tolist())
-    assert any(entry.startswith(second) for entry in home.store.list(SEGMENTS))  # still searched by the live one
+    for writer in (first.release_id, second):  # segments of deleted releases the live one still searches
+        assert any(entry.startswith(writer) for entry in home.store.list(SEGMENTS))
+    assert read_manifest(home, live)["next_item_id"] == max(drops_b) + 1
     with pytest.raises(UserError, match="--keep 0"):
         cleanup(keep=0, data_home=home.location)
