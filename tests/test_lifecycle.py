@@ -22,7 +22,9 @@ from storage.errors import UserError
 from storage.home import LATEST
 from storage.images import encode_png
 from storage.lifecycle import RECENTLY_LIVE_MINUTES, store_bytes
+from storage.location import open_lance
 from storage.releases import complete_release_ids, latest_release_id, load_release, read_manifest, release_key
+from storage.removals import Removal
 from storage.search_index import SEGMENTS
 from storage.session import writer_session
 from tasks.sample import retrain_set
@@ -121,6 +123,18 @@ def test_unknown_ids_change_nothing(published_home):
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith(
         "error: no catalogue item matches item 999999")
     assert "Traceback" not in out.stderr and complete_release_ids(home) == releases
+
+
+def test_a_removal_cut_short_after_its_marks_is_finished_by_running_it_again(published_home):
+    home = published_home
+    live = load_release(home)
+    item_id, digest = 7, Catalog(home.catalog).identities()[7][1]
+    Catalog(home.catalog).removals.mark([Removal(item_id, digest, "2026-01-01T00:00:00+00:00", "sold out")])
+    assert item_id in load_release(home).items.item_ids  # marked, but its release never came
+    result = remove(item_ids=[item_id], reason="again", data_home=str(home.root))
+    assert result["published"] and item_id not in load_release(home).items.item_ids
+    assert len(load_release(home).items) == len(live.items) - 1
+    assert Catalog(home.catalog).removals.load()[item_id].reason == "sold out"  # the first mark stays
 
 
 def test_command_lines_take_positional_arguments_and_flags():
@@ -225,9 +239,10 @@ def test_cleanup_keeps_live_recent_and_model_releases_and_frees_the_rest(any_pub
     assert recent["deleted_releases"] == [] and RECENTLY_LIVE_MINUTES > 0
     assert len(complete_release_ids(home)) == 4
 
-    before = store_bytes(home)
+    before, versions = store_bytes(home), len(open_lance(str(home.catalog)).versions())
     with reader_loop(home):
         result = cleanup(keep=1, recently_live_minutes=0, data_home=home.location)
+    assert len(open_lance(str(home.catalog)).versions()) < versions  # older than the live release: gone
     assert result["deleted_releases"] == [first.release_id, second, third]  # the removal serves its own model
     assert result["kept"] == {live: "live"}
     assert complete_release_ids(home) == [live]
