@@ -31,7 +31,7 @@ from storage.home import CATALOG, DataHome
 from storage.location import lance_storage_options
 from storage.removals import REMOVALS
 from storage.embedder import EMBEDDER_FILE
-from storage.releases import (MANIFEST, MODEL_FILE, RELEASES, RETIRED_THROUGH, SEGMENT_NAME_PATTERN, Release,
+from storage.releases import (MANIFEST, MODEL_FILE, RELEASE_ID_FORMAT, RELEASES, RETIRED_THROUGH, SEGMENT_NAME_PATTERN, Release,
                               ReleaseWriter, complete_release_ids, latest_release_id, model_key, read_manifest,
                               release_key, retired_through)
 from storage.search_index import SEGMENTS, read_segment, segment_key
@@ -106,7 +106,10 @@ class CleanupPlan:
 
 
 def published_at(manifest: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(manifest["published_at"])
+    """When a release was published; for a manifest that does not say, when its writer started (its id)."""
+    if "published_at" in manifest:
+        return datetime.fromisoformat(manifest["published_at"])
+    return datetime.strptime(manifest["release_id"], RELEASE_ID_FORMAT).replace(tzinfo=timezone.utc)
 
 
 def live_until(manifests: dict[str, dict[str, Any]], now: datetime) -> dict[str, datetime]:

@@ -58,6 +58,7 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 RELEASES = "releases"  # the store's folder of releases
+RELEASE_ID_FORMAT = "%Y%m%dT%H%M%S%fZ"  # a release id: when its writer started, UTC
 RELEASE_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z$")
 SEGMENT_NAME_PATTERN = re.compile(r"^(\d{8}T\d{12}Z)-\d+$")  # <the release that wrote it>-<n>
 LATEST_MAX_BYTES = 4096  # a release id and a newline; anything longer is not a pointer of this store
@@ -129,7 +130,7 @@ class NoReleaseError(ReleaseError):
 
 
 def new_release_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return datetime.now(timezone.utc).strftime(RELEASE_ID_FORMAT)
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -577,7 +578,8 @@ def recover(home: DataHome) -> Recovery:
       (nothing of the user's can match: hidden files are never moved out of incoming/);
     - release folders without a manifest (a publish to object storage cut short) are deleted, and so
       are the segments written by a release that never got published;
-    - a complete release built on the live one whose LATEST move was lost is published (roll forward);
+    - a complete release built on the live one whose LATEST move was lost is published (roll forward;
+      a rollback is a new release built on the live one, so this finishes it and never rolls past it);
     - catalogue rows of releases that never got published are deleted.
     """
     home.ensure()
