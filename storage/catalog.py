@@ -12,6 +12,9 @@ Item ids are never reused: the next free id is the larger of the highest catalog
 floor that every writer raises, at the start of its session, to the live release's `next_item_id`
 (so a catalogue rebuilt from the live release continues above every id any release ever gave out).
 
+Removed items (python -m flows.remove) keep their rows; their marks (storage/removals.py, beside the
+catalogue) keep them out of every load, so no later run indexes or trains on them.
+
 A catalogue made by earlier versions (catalog.sqlite) is not read: the first writer rebuilds
 catalog.lance from the live release, which holds every item of every published release.
 """
