@@ -52,7 +52,10 @@ class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def build_parser(flow) -> argparse.ArgumentParser:
+def build_parser(flow, positional: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """Every parameter an option (--name VALUE), but those named in `positional` (a list: any number of
+    values; else one, optional) and the booleans named in `flags` (--name alone means true); a list
+    parameter's option takes one or more values and may repeat."""
     fn = flow.fn
     doc = inspect.getdoc(fn) or ""
     spec = fn.__globals__.get("__spec__")
@@ -65,9 +68,19 @@ def build_parser(flow) -> argparse.ArgumentParser:
         kind = hints.get(name, str)
         args = typing.get_args(kind)
         base = next((a for a in args if a is not type(None)), kind) if args else kind
+        many = typing.get_origin(base) is list
+        base = typing.get_args(base)[0] if many else base
         converter = _boolean if base is bool else base
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=converter, default=param.default,
-                            metavar=base.__name__.upper(), help=helps.get(name, " ").replace("%", "%%"))
+        common = dict(type=converter, default=param.default, help=helps.get(name, " ").replace("%", "%%"))
+        if name in flags:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=common["help"])
+        elif name in positional:
+            parser.add_argument(name, nargs="*" if many else "?", metavar=name.upper(), **common)
+        elif many:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, nargs="+", action="extend",
+                                metavar=base.__name__.upper(), **common)
+        else:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=base.__name__.upper(), **common)
     add_verbose_flag(parser)
     return parser
 
@@ -86,9 +99,11 @@ class _QuietConsole(logging.Filter):
                     or message.startswith(self.HOUSEKEEPING))
 
 
-def run_flow_cli(flow, argv: list[str] | None = None) -> object:
-    """Parse argv into the flow's parameters, run it once (ephemeral Prefect), print its result as JSON."""
-    options = vars(parse_command_line(build_parser(flow), argv))
+def run_flow_cli(flow, argv: list[str] | None = None, positional: tuple[str, ...] = (),
+                 flags: tuple[str, ...] = ()) -> object:
+    """Parse argv into the flow's parameters (`positional` and `flags` as build_parser says), run it
+    once (ephemeral Prefect), print its result as JSON."""
+    options = vars(parse_command_line(build_parser(flow, positional, flags), argv))
     options.pop("verbose")
     if not verbose():
         for handler in logging.getLogger().handlers:

@@ -12,6 +12,9 @@ Item ids are never reused: the next free id is the larger of the highest catalog
 floor that every writer raises, at the start of its session, to the live release's `next_item_id`
 (so a catalogue rebuilt from the live release continues above every id any release ever gave out).
 
+Removed items (python -m flows.remove) keep their rows; their marks (storage/removals.py, beside the
+catalogue) keep them out of every load, so no later run indexes or trains on them.
+
 A catalogue made by earlier versions (catalog.sqlite) is not read: the first writer rebuilds
 catalog.lance from the live release, which holds every item of every published release.
 """
@@ -26,11 +29,13 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.dataset import DatasetDescription
 from storage.errors import UserError, is_out_of_space
 from storage.images import content_hash, input_from_display
-from storage.location import lance_storage_options
+from storage.location import lance_storage_options, open_lance
+from storage.removals import RemovalMarks
 
 SCHEMA = pa.schema([
     ("item_id", pa.int64()),
@@ -113,11 +118,6 @@ class CatalogError(UserError, RuntimeError):
     """The catalogue cannot be used right now; the message says why and what to do."""
 
 
-def is_missing_dataset(error: Exception) -> bool:
-    """True for Lance's "no dataset at this path" (a catalogue not written yet)."""
-    return isinstance(error, (ValueError, OSError)) and "was not found" in str(error)
-
-
 def sql_text(value: str) -> str:
     """`value` as a quoted SQL string literal for a Lance filter."""
     return "'" + str(value).replace("'", "''") + "'"
@@ -149,17 +149,14 @@ class Catalog:
         self.uri = str(uri)
         self.dataset = dataset
         self.storage_options = lance_storage_options(self.uri)
+        self.removals = RemovalMarks.beside(self.uri)  # items taken down: never loaded (storage/removals.py)
         self._floor = 0  # see keep_ids_from
 
     def _open(self):
         """The Lance dataset, or None when nothing was catalogued yet; damage becomes one line."""
-        import lance
-
         try:
-            return lance.dataset(self.uri, storage_options=self.storage_options)
+            return open_lance(self.uri)
         except (ValueError, OSError) as error:
-            if is_missing_dataset(error):
-                return None
             if is_out_of_space(error):
                 raise  # the writer session says what to do
             raise CatalogError(
@@ -203,15 +200,28 @@ class Catalog:
     def item_ids(self) -> np.ndarray:
         return self._column("item_id").to_numpy().astype(np.int64)
 
+    def identities(self) -> dict[int, tuple[str, str]]:
+        """item id -> (path, content hash) of every row, removed ones too (what names an item)."""
+        dataset = self._open()
+        if dataset is None:
+            return {}
+        table = dataset.to_table(columns=["item_id", "path", "content_hash"])
+        return {int(item_id): (path, digest) for item_id, path, digest in zip(
+            table.column("item_id").to_pylist(), table.column("path").to_pylist(),
+            table.column("content_hash").to_pylist())}
+
     def find_hashes(self, hashes: Iterable[str]) -> dict[str, int]:
-        """content hash -> item id (the lowest), for those hashes already catalogued."""
+        """content hash -> item id (the lowest), for those hashes already catalogued or removed (a
+        removal mark keeps its item's hash, whatever happens to the row)."""
         wanted = set(hashes)
         dataset = self._open()
         if not wanted or dataset is None:
             return {}
         table = dataset.to_table(columns=["item_id", "content_hash"])
+        marks = [(removal.item_id, removal.content_hash) for removal in self.removals.load().values()]
         found: dict[str, int] = {}
-        for item_id, digest in sorted(zip(table.column("item_id").to_pylist(), table.column("content_hash").to_pylist())):
+        for item_id, digest in sorted([*zip(table.column("item_id").to_pylist(), table.column("content_hash").to_pylist()),
+                                       *marks]):
             if digest in wanted:
                 found.setdefault(digest, item_id)
         return found
@@ -248,6 +258,14 @@ class Catalog:
             dataset.optimize.compact_files()
             dataset.cleanup_old_versions(older_than=CLEANUP_AFTER)
 
+    def cleanup_old_versions(self, older_than: timedelta) -> None:
+        """Delete the catalogue's and the removal marks' Lance versions older than `older_than`, and data
+        files no version refers to (a killed write's: call it under the writer lock, no write runs)."""
+        dataset = self._open()
+        if dataset is not None:
+            dataset.cleanup_old_versions(older_than=older_than, delete_unverified=True)
+        self.removals.cleanup_old_versions(older_than)
+
     def store_inputs(self, items: CatalogItems) -> int:
         """Keep `items`' network inputs where the catalogue holds them at another size (a run at another
         image side, once its release is published), in one commit. Returns how many rows changed."""
@@ -269,7 +287,7 @@ class Catalog:
         return len(changed)
 
     def load(self) -> CatalogItems:
-        """Every catalogued item, by id."""
+        """Every catalogued item but the removed ones, by id."""
         return self._select(None)
 
     def _select(self, where: str | None) -> CatalogItems:
@@ -282,6 +300,9 @@ class Catalog:
         columns = ["item_id", "label", "pixels", "path", "source", "display", "metadata"]
         table = (SCHEMA.empty_table().select(columns) if dataset is None else
                  dataset.to_table(columns=columns, filter=where).sort_by("item_id"))
+        removed = self.removals.item_ids()
+        if len(removed):
+            table = table.filter(pc.invert(pc.is_in(table.column("item_id"), value_set=pa.array(removed, pa.int64()))))
         displays = binary_rows(table.column("display"))
         images = fixed_size_rows(table.column("pixels"), size)
         if images is None:
@@ -303,14 +324,15 @@ class Catalog:
         to that id has not seen."""
         return self._select(f"label >= 0 AND source != {sql_text(HELD_OUT_SOURCE)} AND item_id > {int(item_id)}")
 
-    def forget_unpublished(self, published_release_ids: set[str]) -> int:
-        """Delete rows written for releases that never got published (a crashed run), in one commit.
+    def forget_unpublished(self, published_release_ids: set[str], retired_through: str = "") -> int:
+        """Delete rows written for releases that never got published (a crashed run), in one commit;
+        rows of releases up to `retired_through` were published, then deleted by a clean-up: kept.
         Returns how many."""
         dataset = self._open()
         if dataset is None:
             return 0
         release_ids = dataset.to_table(columns=["release_id"]).column("release_id").to_numpy(zero_copy_only=False)
-        orphans = sorted(set(release_ids.tolist()) - set(published_release_ids))
+        orphans = sorted(rid for rid in set(release_ids.tolist()) - set(published_release_ids) if rid > retired_through)
         if not orphans:
             return 0
         dataset.delete(f"release_id IN ({', '.join(sql_text(rid) for rid in orphans)})")

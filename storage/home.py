@@ -32,6 +32,7 @@ CACHE_ENV = "FASHION_SIM_CACHE"
 LATEST = "LATEST"  # the store's pointer to the live release: one line, its id
 ARRAYS = "arrays"  # the store's folder of reshaped arrays (the evaluation's queries)
 GALLERY = "gallery"  # the store's folder of exported gallery images
+CATALOG = "catalog.lance"  # the catalogue's Lance dataset (storage/catalog.py)
 REASON_SUFFIX = ".reason.txt"  # rejected/<run>/<file> has its reason in <file>.reason.txt beside it
 GALLERY_INDEX = "index.json"  # gallery/index.json lists the exported images: [{path, label, test_index}, ...]
 
@@ -125,7 +126,7 @@ class DataHome:
 
     @property
     def catalog(self) -> str | Path:
-        return f"{self.uri}/catalog.lance" if self.is_remote else self.root / "catalog.lance"
+        return f"{self.uri}/{CATALOG}" if self.is_remote else self.root / CATALOG
 
     @property
     def latest(self) -> str | Path:

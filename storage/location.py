@@ -63,3 +63,20 @@ def s3_filesystem(uri: str):
     return s3fs.S3FileSystem(key=options.get("access_key_id"), secret=options.get("secret_access_key"),
                              token=options.get("session_token"), endpoint_url=options.get("endpoint"),
                              client_kwargs={"region_name": options["region"]})
+
+
+def is_missing_dataset(error: Exception) -> bool:
+    """True for Lance's "no dataset at this path" (a dataset not written yet)."""
+    return isinstance(error, (ValueError, OSError)) and "was not found" in str(error)
+
+
+def open_lance(uri: str):
+    """The Lance dataset at `uri`, or None when none was written there yet; other errors pass on."""
+    import lance
+
+    try:
+        return lance.dataset(uri, storage_options=lance_storage_options(uri))
+    except (ValueError, OSError) as error:
+        if is_missing_dataset(error):
+            return None
+        raise

@@ -107,6 +107,13 @@ class LocalStore:
         else:
             path.unlink(missing_ok=True)
 
+    def used_bytes(self, key: str) -> int:
+        """Bytes of the object or of everything under `key`; 0 when absent."""
+        path = self.path(key)
+        if path.is_file():
+            return path.stat().st_size
+        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file() and not file.is_symlink())
+
     def put_file(self, local: Path, key: str) -> None:
         """Move a finished local file (on the store's filesystem) to `key`, durably."""
         target = self.path(key)
@@ -199,10 +206,22 @@ class S3Store:
         """Remove the object or everything under `key` (batched deletes); nothing when absent."""
         target = self._object(key)
         self.fs.invalidate_cache(target)
-        paths = self.fs.find(target)  # every object under the prefix, or the object itself
-        if paths:
-            self.fs.rm(paths)
+        found = self.fs.find(target, withdirs=True, detail=True)  # every object under the prefix, or the object
+        files = [path for path, info in found.items() if info["type"] != "directory"]
+        if files:
+            self.fs.rm(files)
+        # servers that keep folders (SeaweedFS) keep each one as an object "<folder>/" once its files are
+        # gone, and list it as if it were still there: delete those too, innermost first
+        for folder in sorted((path for path, info in found.items() if info["type"] == "directory"), key=len,
+                             reverse=True):
+            bucket, prefix, _ = self.fs.split_path(folder)
+            self.fs.call_s3("delete_object", Bucket=bucket, Key=prefix.rstrip("/") + "/")
         self.fs.invalidate_cache(target)
+
+    def used_bytes(self, key: str) -> int:
+        """Bytes of the object or of everything under `key`; 0 when absent."""
+        self.fs.invalidate_cache(self._object(key))
+        return int(self.fs.du(self._object(key), total=True))
 
     def put_file(self, local: Path, key: str) -> None:
         self.fs.put_file(str(local), self._object(key))

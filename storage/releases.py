@@ -58,6 +58,7 @@ MANIFEST = "manifest.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 RELEASES = "releases"  # the store's folder of releases
+RELEASE_ID_FORMAT = "%Y%m%dT%H%M%S%fZ"  # a release id: when its writer started, UTC
 RELEASE_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z$")
 SEGMENT_NAME_PATTERN = re.compile(r"^(\d{8}T\d{12}Z)-\d+$")  # <the release that wrote it>-<n>
 LATEST_MAX_BYTES = 4096  # a release id and a newline; anything longer is not a pointer of this store
@@ -70,6 +71,9 @@ CONVERT_COMMAND = "python -m storage.convert"
 # graph-less ones are searched as one block, see SegmentedIndex). 50 re-index runs of 10 images then
 # leave 3 segments, and one query costs 1.11x what it cost right after the pipeline (benchmarks/segments.py)
 MAX_MINOR_SEGMENTS = 8
+# the newest release id a clean-up deleted (storage/lifecycle.py): catalogue rows and segments written by
+# a release up to it were published, so recovery never takes them for a crashed writer's leftovers
+RETIRED_THROUGH = "retired-through"
 
 
 # the retrieval figures of metrics.json (tasks/evaluate.py writes them, the page and reports show them)
@@ -126,7 +130,7 @@ class NoReleaseError(ReleaseError):
 
 
 def new_release_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return datetime.now(timezone.utc).strftime(RELEASE_ID_FORMAT)
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -223,6 +227,15 @@ def is_release_file_key(key: str) -> bool:
         return bool(RELEASE_ID_PATTERN.match(parts[1])) and parts[2] in (MODEL_FILE, EMBEDDER_FILE, METRICS_FILE)
     return (len(parts) == 2 and parts[0] == SEGMENTS and parts[1].endswith(".hnsw")
             and bool(SEGMENT_NAME_PATTERN.match(parts[1].removesuffix(".hnsw"))))
+
+
+def retired_through(home: DataHome) -> str:
+    """RETIRED_THROUGH's release id; "" when no clean-up ever deleted a release."""
+    try:
+        text = home.store.read_bytes(RETIRED_THROUGH, LATEST_MAX_BYTES).decode("utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return ""
+    return text if RELEASE_ID_PATTERN.match(text) else ""
 
 
 def complete_release_ids(home: DataHome) -> list[str]:
@@ -552,12 +565,16 @@ class Recovery:
 def recover(home: DataHome) -> Recovery:
     """Undo what a killed writer left. Call with the writer lock held, before writing anything.
 
+    Releases up to `retired_through` were published and later deleted by a clean-up: what they
+    wrote and kept releases still use (catalogue rows, segments) is not a leftover.
+
     - scratch leftovers (half-built releases, partial downloads of a dead run) are deleted, and so are
       the temporary files of reason files that a killed drop-folder run was writing in rejected/
       (nothing of the user's can match: hidden files are never moved out of incoming/);
     - release folders without a manifest (a publish to object storage cut short) are deleted, and so
       are the segments written by a release that never got published;
-    - a complete release built on the live one whose LATEST move was lost is published (roll forward);
+    - a complete release built on the live one whose LATEST move was lost is published (roll forward;
+      a rollback is a new release built on the live one, so this finishes it and never rolls past it);
     - catalogue rows of releases that never got published are deleted.
     """
     home.ensure()
@@ -569,6 +586,7 @@ def recover(home: DataHome) -> Recovery:
     for leftover in leftover_temp_files(rejected, f"*{REASON_SUFFIX}") if rejected and rejected.is_dir() else []:
         leftover.unlink()
         removed.append(f"rejected/{leftover.relative_to(rejected).as_posix()}")
+    retired = retired_through(home)
     published = set()  # releases with a manifest (complete, or damaged: never deleted here)
     for name in home.store.list(RELEASES):
         if home.store.exists(release_key(name, MANIFEST)):
@@ -580,7 +598,7 @@ def recover(home: DataHome) -> Recovery:
     for entry in home.store.list(SEGMENTS):
         name = entry.removesuffix(".lance").removesuffix(".hnsw")
         written_by = SEGMENT_NAME_PATTERN.match(name)
-        if written_by and written_by.group(1) not in published:
+        if written_by and written_by.group(1) not in published and written_by.group(1) > retired:
             home.store.delete(f"{SEGMENTS}/{entry}")
             removed.append(f"{SEGMENTS}/{entry}")
     live = latest_release_id(home)
@@ -590,5 +608,5 @@ def recover(home: DataHome) -> Recovery:
         if live is None or (newest.get("parent") == live and complete[-1] > live):
             set_latest(home, complete[-1])
             rolled_forward = complete[-1]
-    forgotten = Catalog(home.catalog).forget_unpublished(set(complete))
+    forgotten = Catalog(home.catalog).forget_unpublished(set(complete), retired)
     return Recovery(tuple(removed), rolled_forward, forgotten)

@@ -33,7 +33,8 @@ Drop-folder policy (the re-index flow and its tests follow exactly this):
   (the reason names the folder and the accepted names); anything nested deeper than
   incoming/<class>/<file>; other extensions ("use PNG or JPEG"); duplicates, i.e. the same
   normalised content (content_hash) as a catalogue item or as an earlier file (in sorted path
-  order) of the same run ("duplicate of catalogue item N").
+  order) of the same run ("duplicate of catalogue item N"), or of an item taken down by
+  `python -m flows.remove` ("removed item N (on DATE: REASON)") until `--undo N` lifts its mark.
 - Accepted files are moved to processed/<release id>/<path relative to incoming/> only after their
   release is published (LATEST moved). A run that stops before its release is complete leaves them in
   incoming/ and the next run redoes them; one that stops after (killed, or a full disk as LATEST
@@ -61,6 +62,7 @@ from storage.files import (NAME_MAX_BYTES, escape_name, file_kind, name_bytes, r
                            shorten_name)
 from storage.home import REASON_SUFFIX
 from storage.images import MAX_FILE_BYTES, ImageRejected, NormalisedImage, normalise_image
+from storage.removals import Removal
 from storage.errors import is_out_of_space
 from tasks.logs import step_logger
 
@@ -244,16 +246,25 @@ def scan_drop_folder(incoming: Path, catalog: Catalog, first_item_id: int, datas
         except ImageRejected as error:
             scan.rejected.append(RejectedFile(relative, str(error)))
     known = catalog.find_hashes(image.content_hash for _, _, image in candidates)
+    removed = catalog.removals.load() if known else {}
     next_id = first_item_id
     for relative, label, image in candidates:
         if image.content_hash in known:
-            scan.rejected.append(RejectedFile(relative, f"duplicate of catalogue item {known[image.content_hash]}"))
+            scan.rejected.append(RejectedFile(relative, duplicate_reason(known[image.content_hash], removed)))
             continue
         known[image.content_hash] = next_id
         scan.accepted.append(AcceptedFile(relative, next_id, label, image))
         next_id += 1
     scan.dataset = classes.dataset
     return scan
+
+
+def duplicate_reason(item_id: int, removed: dict[int, Removal]) -> str:
+    """Why a drop whose content the catalogue holds as `item_id` is rejected: a duplicate, or an item
+    taken down (storage/removals.py), which stays down until its mark is lifted."""
+    if item_id in removed:
+        return f"{removed[item_id].describe()}; `python -m flows.remove --undo {item_id}` brings it back"
+    return f"duplicate of catalogue item {item_id}"
 
 
 def _numbered(target: Path, number: int) -> Path:

@@ -19,7 +19,7 @@ from storage.catalog import CatalogItems
 from storage.dataset import DatasetDescription, read_home_dataset, write_home_dataset
 from storage.home import DataHome
 from storage.releases import (METRICS_FILE, ModelRecord, Release, ReleaseManifest, ReleaseWriter, complete_release_ids,
-                              release_key)
+                              release_key, retired_through)
 from storage.session import WriterSession
 from tasks.embed import embed_items
 from tasks.evaluate import GateDecision, evaluate_release, gate, markdown_report, report_artifact
@@ -95,7 +95,7 @@ def release_candidate(session: WriterSession, writer: ReleaseWriter, candidate: 
     report_artifact(report[0], markdown_report(metrics, report[1], decision))
     if not decision.publish:
         writer.discard()
-        session.catalog.forget_unpublished(set(complete_release_ids(session.home)))
+        session.catalog.forget_unpublished(set(complete_release_ids(session.home)), retired_through(session.home))
         step_logger().warning("not published: %s", decision.reason)
         return Outcome(None, metrics, decision)
     manifest = candidate.manifest(writer.release_id, live.release_id if live else None)

@@ -19,6 +19,7 @@ EXPECTED = {  # deployment -> (flow name, schedule kind)
     "weekly": ("pipeline", "cron"),
     "nightly": ("retrain", "cron"),
     "drop-folder": ("reindex", "interval"),
+    "daily-cleanup": ("cleanup", "cron"),
 }
 
 
@@ -44,6 +45,8 @@ def test_serve_builds_the_same_deployments_with_their_schedules(monkeypatch):
     assert built["drop-folder"].schedules[0].schedule.interval == datetime.timedelta(seconds=60)
     assert built["nightly"].schedules[0].schedule.cron == "0 2 * * *"
     assert built["weekly"].schedules[0].schedule.cron == "0 3 * * 0"
+    assert built["daily-cleanup"].schedules[0].schedule.cron == "30 4 * * *"
+    assert built["daily-cleanup"].parameters == {"keep": 3}
     assert built["drop-folder"].concurrency_limit == 1
     # a run that collides with one in progress waits its turn (tests/test_make_up.py runs it)
     assert {d.concurrency_options.collision_strategy.value for d in built.values()} == {"ENQUEUE"}
@@ -54,6 +57,9 @@ def test_serve_builds_the_same_deployments_with_their_schedules(monkeypatch):
     ("flows.reindex", ("--data-home", "--settle-seconds", "--lock-timeout-s")),
     ("flows.retrain", ("--epochs", "--steps-per-epoch", "--learning-rate", "--replay-size", "--gate-tolerance")),
     ("flows.serve", ("--only", "--wait-for-server")),
+    ("flows.remove", ("ITEM_IDS", "--path", "--image", "--reason", "--undo")),
+    ("flows.rollback", ("RELEASE_ID", "--drop-newer")),
+    ("flows.cleanup", ("--keep", "--recently-live-minutes")),
 ])
 def test_command_lines_list_their_parameters(module, flags):
     out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,

@@ -52,13 +52,17 @@ class GalleryItem:
 
 
 def gallery_items(home: DataHome, release: Release) -> list[GalleryItem]:
-    """The exported test images (gallery/index.json), then the release's drop-folder items."""
+    """The exported test images (gallery/index.json) but catalogued ones the release lacks, then the
+    release's drop-folder items."""
     items = []
     try:
         entries = json.loads(home.store.read_bytes(f"{GALLERY}/{GALLERY_INDEX}"))
     except FileNotFoundError:
         entries = []
+    held = set(release.items.item_ids.tolist())
     for entry in entries:
+        if entry.get("item_id") is not None and int(entry["item_id"]) not in held:
+            continue  # a catalogued query this release does not hold (removed: python -m flows.remove)
         items.append(GalleryItem(key=f"test-{entry['test_index']}", label=int(entry["label"]),
                                  caption=f"test #{entry['test_index']}", file=f"{GALLERY}/{entry['path']}",
                                  item_id=entry.get("item_id")))
