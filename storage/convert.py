@@ -6,6 +6,7 @@ dataset shared by the releases that search it (storage/search_index.py). The con
 writer lock, for each release in the old format: writes each of its segments once as a Lance dataset
 (and moves its HNSW graph beside it), then replaces its manifest with one in today's format (one
 atomic write: a reader sees the old release or the new one), then removes the old segment folders.
+Converted releases get the checksums of today's (storage/integrity.py), taken from their files as found.
 It can be stopped at any moment and run again. The catalogue is rebuilt from the live release by
 the next writer (catalog.sqlite is left as it is; delete it once you are satisfied).
 """
@@ -24,6 +25,7 @@ from storage.catalog import CatalogItems, object_array
 from storage.dataset import FASHION_MNIST
 from storage.embedder import EMBEDDER_FILE
 from storage.home import DataHome
+from storage.integrity import CHECKSUMS, GRAPH_CHECKSUM, checksum_file, seal
 from storage.lock import writer_lock
 from storage.releases import (MANIFEST, METRICS_FILE, MODEL_FILE, RELEASE_ID_PATTERN, RELEASES, STORE_FORMAT,
                               release_key)
@@ -75,16 +77,22 @@ def convert_release(home: DataHome, release_id: str, converted: dict[str, dict[s
             if (old / OLD_GRAPH).is_file():  # the graph built then serves as it is
                 shutil.copyfile(old / OLD_GRAPH, scratch / OLD_GRAPH)
                 record["graph_bytes"] = (scratch / OLD_GRAPH).stat().st_size
+                record[GRAPH_CHECKSUM] = checksum_file(scratch / OLD_GRAPH)
                 home.store.put_file(scratch / OLD_GRAPH, graph_key(name))
             converted[name] = record
     shutil.rmtree(scratch)
     segments = [converted[name] for name in manifest["segments"]]
-    files = {release_key(release_id, name): (folder / name).stat().st_size
-             for name in (MODEL_FILE, EMBEDDER_FILE, METRICS_FILE) if (folder / name).is_file()}
-    files.update({graph_key(record["name"]): record["graph_bytes"] for record in segments if "graph_bytes" in record})
+    own = [name for name in (MODEL_FILE, EMBEDDER_FILE, METRICS_FILE) if (folder / name).is_file()]
+    files = {release_key(release_id, name): (folder / name).stat().st_size for name in own}
+    checksums = {release_key(release_id, name): checksum_file(folder / name) for name in own}
+    for record in segments:
+        if "graph_bytes" in record:
+            files[graph_key(record["name"])] = record["graph_bytes"]
+            checksums[graph_key(record["name"])] = record[GRAPH_CHECKSUM]
     manifest.update(format=STORE_FORMAT, segments=segments, model_release=release_id, files=files,
-                    dataset=manifest.get("dataset") or FASHION_MNIST.as_dict())
-    home.store.write_bytes(release_key(release_id, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
+                    dataset=manifest.get("dataset") or FASHION_MNIST.as_dict(), **{CHECKSUMS: checksums})
+    home.store.write_bytes(release_key(release_id, MANIFEST),
+                           json.dumps(seal(manifest), indent=2, sort_keys=True).encode())
     shutil.rmtree(folder / "segments", ignore_errors=True)
     return True
 

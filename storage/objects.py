@@ -13,8 +13,10 @@ promises, so the code above them has one path:
 - `publish_folder` makes a folder built locally visible under a key as a whole: local, by one rename
   (the folder is built on the same filesystem); S3, by uploading every file and `last` (the manifest)
   after all the others, so a reader that finds the manifest finds everything it lists.
-- `local_file` gives a local path to read (hnswlib, Keras and LiteRT open files by name): the file
-  itself, or a download into a local cache that is checked against the object's size.
+- `local_file` gives a local path to read (hnswlib, Keras, LiteRT and Lance open files by name): the
+  file itself, or a download into a local cache that is checked against the object's size; given the
+  checksum recorded when the file was written (storage/integrity.py), the path is returned only once
+  the bytes match it (a download is checked once, and hashed again at each open, like a local file).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import shutil
 from pathlib import Path
 
 from storage.atomic import atomic_write_bytes, fsync_dir, fsync_file
-from storage.files import read_regular_file
+from storage.files import NotRegularFileError, read_regular_file
+from storage.integrity import DamagedFileError, check_bytes, checksum_file, checksum_stream
 from storage.location import is_remote, join
 
 PRECONDITION_FAILED = "pre-conditions you specified did not hold"  # S3's 412 text, as s3fs passes it on
@@ -133,8 +136,18 @@ class LocalStore:
         os.rename(local, target)
         fsync_dir(target.parent)
 
-    def local_file(self, key: str, size: int | None = None) -> Path:
+    def local_file(self, key: str, size: int | None = None, checksum: str | None = None) -> Path:
+        found = checksum if checksum is None else self.checksum(key)
+        if found != checksum:
+            raise DamagedFileError.found(key, found)
         return self.path(key)
+
+    def checksum(self, key: str) -> str | None:
+        """The checksum of the object at `key` (storage/integrity.py); None when it is absent."""
+        try:
+            return checksum_file(self._inside(key))
+        except (FileNotFoundError, NotADirectoryError, NotRegularFileError, OutsideStoreError):
+            return None
 
 
 class S3Store:
@@ -234,13 +247,29 @@ class S3Store:
         shutil.rmtree(local)
         self.fs.invalidate_cache(self._object(key))
 
-    def local_file(self, key: str, size: int | None = None) -> Path:
-        """A cached download of an immutable object (a release's or a segment's file)."""
+    def local_file(self, key: str, size: int | None = None, checksum: str | None = None) -> Path:
+        """A cached download of an immutable object (a release's or a segment's file). With a checksum
+        a cached copy that does not match it is downloaded again, and a download that does not match
+        it is refused (DamagedFileError): the object in the store is damaged."""
         cached = self.cache / key
-        if cached.is_file() and (size is None or cached.stat().st_size == size):
+        if (cached.is_file() and (size is None or cached.stat().st_size == size)
+                and (checksum is None or checksum_file(cached) == checksum)):
             return cached
-        atomic_write_bytes(cached, self.read_bytes(key))
+        try:
+            atomic_write_bytes(cached, check_bytes(self.read_bytes(key), key, checksum))
+        except FileNotFoundError:
+            if checksum is None:
+                raise
+            raise DamagedFileError.found(key, None) from None
         return cached
+
+    def checksum(self, key: str) -> str | None:
+        """The checksum of the object at `key`, streamed (never held whole); None when it is absent."""
+        try:
+            with self.fs.open(self._object(key), "rb", block_size=1 << 23) as stream:
+                return checksum_stream(stream)
+        except FileNotFoundError:
+            return None
 
 
 def open_store(uri: str, cache: Path) -> LocalStore | S3Store:

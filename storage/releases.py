@@ -6,8 +6,9 @@ and only then does LATEST move. Readers resolve LATEST once and open only comple
 with a valid manifest), so they never see half of one and never wait for a writer.
 
     releases/<id>/
-        manifest.json        written last: format, segments (name, Lance version, rows, graph size),
-                             model_release, and every file it reads with its size
+        manifest.json        written last: format, segments (name, Lance version, rows, graph size,
+                             checksums of their files), model_release, and every file it reads with
+                             its size and checksum (storage/integrity.py), sealed by its own checksum
         model.keras          the embedding network (tf-keras format: config + h5 weights, no pickle)
         embedder.tflite      the same network compiled for queries (storage/embedder.py)
         metrics.json         evaluation of this release (see tasks/evaluate.py)
@@ -48,6 +49,7 @@ from storage.errors import UserError
 from storage.files import NotRegularFileError
 from storage.home import LATEST, REASON_SUFFIX, DataHome
 from storage.images import encode_png
+from storage.integrity import CHECKSUMS, GRAPH_CHECKSUM, DamagedFileError, check_bytes, checksum_file, is_damaged_manifest, seal
 from storage.lock import replace_pointer
 from storage.match_score import GOOD, NONE, MatchScore
 from storage.objects import OutsideStoreError
@@ -129,6 +131,14 @@ class NoReleaseError(ReleaseError):
     """Nothing has been published yet."""
 
 
+class DamagedReleaseError(ReleaseError):
+    """A file of a release is missing or does not match its recorded size or checksum (`key` names it)."""
+
+    def __init__(self, message: str, key: str):
+        super().__init__(message)
+        self.key = key
+
+
 def new_release_id() -> str:
     return datetime.now(timezone.utc).strftime(RELEASE_ID_FORMAT)
 
@@ -174,8 +184,9 @@ def latest_release_id(home: DataHome) -> str | None:
     return read_latest(home)[0]
 
 
-def read_manifest(home: DataHome, release_id: str) -> dict[str, Any]:
-    """The manifest of a complete release of this store, checked; else ReleaseError."""
+def read_manifest(home: DataHome, release_id: str, check_sizes: bool = True) -> dict[str, Any]:
+    """The manifest of a complete release of this store, checked (against its own checksum, and the size
+    of every file it lists unless `check_sizes` is false: flows.verify checks each); else ReleaseError."""
     if not RELEASE_ID_PATTERN.match(release_id or ""):
         raise ReleaseError(f"{release_id!r} is not a release id of this store")
     try:
@@ -186,6 +197,9 @@ def read_manifest(home: DataHome, release_id: str) -> dict[str, Any]:
         raise ReleaseError(f"release {release_id} has no manifest.json: it is not a complete release") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ReleaseError(f"release {release_id} has an unreadable manifest.json ({error})") from None
+    if isinstance(manifest, dict) and is_damaged_manifest(manifest):
+        key = release_key(release_id, MANIFEST)
+        raise DamagedReleaseError(f"release {release_id} is damaged: {DamagedFileError(key)}", key)
     if not isinstance(manifest, dict) or manifest.get("release_id") != release_id:
         raise ReleaseError(f"release {release_id} has a manifest that does not describe it; refusing it")
     if manifest.get("format") != STORE_FORMAT:
@@ -201,8 +215,8 @@ def read_manifest(home: DataHome, release_id: str) -> dict[str, Any]:
     if unlisted:
         raise ReleaseError(f"release {release_id} is damaged: its manifest does not list {unlisted[0]}")
     for key, size in files.items():
-        if not is_release_file_key(key) or home.store.size(key) != size:
-            raise ReleaseError(f"release {release_id} is damaged: {key} is missing or has the wrong size")
+        if not is_release_file_key(key) or (check_sizes and home.store.size(key) != size):
+            raise DamagedReleaseError(f"release {release_id} is damaged: {key} is missing or has the wrong size", key)
     return manifest
 
 
@@ -327,9 +341,13 @@ class Release:
         self._model = tf.keras.models.load_model(self.local_file(MODEL_FILE), compile=False, safe_mode=True)
 
     def local_file(self, name: str) -> Path:
-        """A local path to this release's model file `name` (downloaded once from object storage)."""
+        """A local path to this release's model file `name` (downloaded once from object storage), checked
+        against its checksum (DamagedReleaseError when it does not match)."""
         key = model_key(self.manifest, name)
-        return self.store.local_file(key, self.manifest["files"].get(key))
+        try:
+            return self.store.local_file(key, self.manifest["files"].get(key), self.manifest.get(CHECKSUMS, {}).get(key))
+        except DamagedFileError as damage:
+            raise refused_as_damaged(DataHome.from_env(self.store.uri), self.release_id, damage) from None
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         """Embed uint8 images (n, *dataset.pixel_shape) with this release's model."""
@@ -420,15 +438,39 @@ def load_release(home: DataHome, release_id: str | None = None) -> Release:
     if release_id is None:
         state = "(LATEST is missing)" if complete_release_ids(home) else "yet"
         raise NoReleaseError(f"No release is published in {home.location} {state}: {restore_latest_hint(home)}")
-    manifest = read_manifest(home, release_id)
-    items, embeddings, index = load_segments(home.store, manifest["segments"], manifest_dataset(manifest).pixel_shape)
-    return Release(release_id, home.store, manifest, embeddings, items, read_metrics(home, manifest), index)
+    try:  # every file it reads is checked against its checksum first (storage/integrity.py)
+        manifest = read_manifest(home, release_id)
+        items, embeddings, index = load_segments(home.store, manifest["segments"], manifest_dataset(manifest).pixel_shape)
+        metrics = read_metrics(home, manifest)
+    except (DamagedFileError, DamagedReleaseError) as damage:
+        raise refused_as_damaged(home, release_id, damage) from None
+    return Release(release_id, home.store, manifest, embeddings, items, metrics, index)
 
 
 def read_metrics(home: DataHome, manifest: dict[str, Any]) -> dict[str, Any]:
     """The evaluation of a release (read_manifest's checked manifest); empty when it has none."""
     key = release_key(manifest["release_id"], METRICS_FILE)
-    return json.loads(home.store.read_bytes(key)) if key in manifest["files"] else {}
+    if key not in manifest["files"]:
+        return {}
+    return json.loads(check_bytes(home.store.read_bytes(key), key, manifest.get(CHECKSUMS, {}).get(key)))
+
+
+def reads_file(manifest: dict[str, Any], key: str) -> bool:
+    """True when a release (its checked manifest) reads the store's file `key`."""
+    return (key in manifest["files"] or key == release_key(manifest["release_id"], MANIFEST)
+            or any(key.startswith(segment_key(record["name"]) + "/") for record in manifest["segments"]))
+
+
+def refused_as_damaged(home: DataHome, release_id: str, damage: DamagedFileError | DamagedReleaseError) -> DamagedReleaseError:
+    """The error that refuses a damaged release: the file, and the complete releases that do not read it
+    (not checked in full here: flows.verify does that)."""
+    others = [other for other in complete_release_ids(home)
+              if other != release_id and not reads_file(read_manifest(home, other), damage.key)]
+    what = str(damage) if isinstance(damage, DamagedReleaseError) else f"release {release_id} is damaged: {damage}"
+    alternatives = (f"Releases that do not read that file: {', '.join(others)} (check one in full with "
+                    f"`python -m flows.verify {others[-1]}` before switching to it)" if others else
+                    "No other release avoids that file: publish a new one with `python -m flows.pipeline`")
+    return DamagedReleaseError(f"{what}; refusing it. {alternatives}.", damage.key)
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -488,6 +530,17 @@ class ReleaseWriter:
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         (self.path / name).write_text(json.dumps(payload, indent=2, sort_keys=True))
 
+    def _checksums(self, files: dict[str, int]) -> dict[str, str]:
+        """The checksum of each of `files` that has one: its own files', hashed here; its model's and graphs',
+        as recorded when they were written (none for files written before checksums existed)."""
+        recorded = {graph_key(record["name"]): record[GRAPH_CHECKSUM] for record in self.segments
+                    if GRAPH_CHECKSUM in record}
+        if self.model_release != self.release_id:
+            recorded.update(read_manifest(self.home, self.model_release).get(CHECKSUMS, {}))
+        own = release_key(self.release_id) + "/"
+        return {key: checksum_file(self.path / key.removeprefix(own)) if key.startswith(own) else recorded[key]
+                for key in files if key.startswith(own) or key in recorded}
+
     def _files(self) -> dict[str, int]:
         """Every file the release reads, store-relative, with its size: its own, its model's, its graphs'."""
         files = {release_key(self.release_id, file.relative_to(self.path).as_posix()): file.stat().st_size
@@ -504,11 +557,12 @@ class ReleaseWriter:
         """Write the manifest, publish the release folder through the store, then move LATEST."""
         if manifest.parent:  # ids the parent gave out stay given out, whatever this release holds
             self.next_item_id = max(self.next_item_id, next_item_id_of(read_manifest(self.home, manifest.parent)))
+        files = self._files()
         full = {**manifest.as_dict(), "format": STORE_FORMAT, "release_id": self.release_id,
-                "segments": self.segments, "model_release": self.model_release, "files": self._files(),
-                "next_item_id": self.next_item_id,
+                "segments": self.segments, "model_release": self.model_release, "files": files,
+                CHECKSUMS: self._checksums(files), "next_item_id": self.next_item_id,
                 "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (self.path / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True))
+        (self.path / MANIFEST).write_text(json.dumps(seal(full), indent=2, sort_keys=True))
         self.home.store.publish_folder(self.path, release_key(self.release_id), last=MANIFEST)
         self.published = True  # complete from here: the next writer rolls LATEST forward if the move fails
         set_latest(self.home, self.release_id)

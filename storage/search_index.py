@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage.catalog import CatalogItems, binary_rows, fixed_size_rows, object_array
+from storage.integrity import CHECKSUMS, GRAPH_CHECKSUM, checksum_file, dataset_checksums, verified_dataset_url
 from storage.location import lance_storage_options
 from storage.runtime import usable_cpus
 
@@ -361,7 +362,7 @@ def write_segment(store, name: str, items: CatalogItems, embeddings: np.ndarray,
     """A new segment in `store`: its Lance dataset (one commit) and, when it is large (and `build_graph`),
     its index: an HNSW graph built in the local folder `scratch` and then put in place, or, past
     `in_memory_limit()`, Lance's vector index in the dataset (searched on demand). Returns its record for
-    the release manifest."""
+    the release manifest, with the checksums of its files (storage/integrity.py)."""
     import lance
 
     dataset = lance.write_dataset(segment_table(items, embeddings), store.url(segment_key(name)), mode="create",
@@ -378,7 +379,9 @@ def write_segment(store, name: str, items: CatalogItems, embeddings: np.ndarray,
         local = Path(scratch) / f"{name}.hnsw"
         build_hnsw(np.asarray(embeddings, np.float32), local)
         record["graph_bytes"] = local.stat().st_size
+        record[GRAPH_CHECKSUM] = checksum_file(local)
         store.put_file(local, graph_key(name))
+    record[CHECKSUMS] = dataset_checksums(store, segment_key(name), record["version"])
     return record
 
 
@@ -387,12 +390,15 @@ def is_on_demand(record: dict[str, Any]) -> bool:
     return record.get("search") == "lance"
 
 
-def open_segment(store, record: dict[str, Any]):
-    """A segment's Lance dataset at the version its record names."""
+def open_segment(store, record: dict[str, Any], whole: bool = True):
+    """A segment's Lance dataset at the version its record names, the files its open reads checked
+    first against the record's checksums (storage/integrity.py; DamagedFileError names the first that
+    does not match): to be read `whole`, every file of the scan (on an object store, their checked local
+    copy), else (on demand) those read whole, its version manifest and deletion files."""
     import lance
 
-    return lance.dataset(store.url(segment_key(record["name"])), version=int(record["version"]),
-                         storage_options=lance_storage_options(store.uri))
+    url = verified_dataset_url(store, segment_key(record["name"]), record.get(CHECKSUMS, {}), whole)
+    return lance.dataset(url, version=int(record["version"]), storage_options=lance_storage_options(url))
 
 
 # what a release reads of an on-demand segment when it opens: everything but pixels, displays, embeddings
@@ -427,7 +433,7 @@ def on_demand_segment(store, record: dict[str, Any], image_shape: tuple[int, ...
                       ) -> tuple[CatalogItems, OnDemandColumn, LanceSearch]:
     """A segment searched through Lance: its small columns read now, its pixels, display copies and
     embeddings when asked (OnDemandColumn), and its search."""
-    dataset = open_segment(store, record)
+    dataset = open_segment(store, record, whole=False)
     table = dataset.to_table(columns=list(SMALL_COLUMNS))
     count = len(table)
     items = CatalogItems(images=OnDemandColumn(dataset, "image", count, image_shape),
@@ -454,8 +460,8 @@ def load_segments(store, records: list[dict[str, Any]], image_shape: tuple[int, 
             segments.append(Segment(offset, None, None, count, part[2]))
         else:
             rows = part[1] if isinstance(embeddings, Column) else embeddings[offset: offset + count]
-            graph = (load_hnsw(store.local_file(graph_key(record["name"]), record["graph_bytes"]), rows.shape[1], count)
-                     if "graph_bytes" in record else None)
+            graph = (load_hnsw(store.local_file(graph_key(record["name"]), record["graph_bytes"], record.get(GRAPH_CHECKSUM)),
+                               rows.shape[1], count) if "graph_bytes" in record else None)
             segments.append(Segment(offset, rows, graph))
         offset += count
     items = release_items([part[0] for part in parts])

@@ -12,6 +12,7 @@ import pytest
 from storage.catalog import Catalog
 from storage.dataset import FASHION_MNIST
 from storage.images import MAX_FILE_BYTES, MAX_PIXELS, ImageRejected, normalise_image
+from storage.integrity import seal
 from storage.releases import MANIFEST, ReleaseError, latest_release_id, load_release, set_latest
 from tasks.ingest import scan_drop_folder
 from tests import corpus
@@ -30,7 +31,7 @@ def forge_release(home, edit=None, into=None):
     manifest["release_id"] = FORGED_ID
     if edit:
         edit(manifest, target)
-    (target / MANIFEST).write_text(json.dumps(manifest))
+    (target / MANIFEST).write_text(json.dumps(seal(manifest)))  # checksums detect damage, not forgery
     if into is not None:
         (home.releases / FORGED_ID).symlink_to(target, target_is_directory=True)
     home.latest.write_text(FORGED_ID + "\n")

@@ -111,12 +111,14 @@ def test_publish_writes_a_complete_release_then_moves_latest(home):
     folder = home.releases / release_id
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["release_id"] == release_id and manifest["kind"] == "test"
-    assert manifest["segments"] == [{"name": f"{release_id}-0", "version": 1, "rows": 30}]
+    assert [{key: record[key] for key in ("name", "version", "rows")} for record in manifest["segments"]] == [
+        {"name": f"{release_id}-0", "version": 1, "rows": 30}]
     assert manifest["format"] == STORE_FORMAT and manifest["model_release"] == release_id
     listed = manifest["files"]
     on_disk = {p.relative_to(home.root).as_posix(): p.stat().st_size
                for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
     assert listed == on_disk and f"releases/{release_id}/{METRICS_FILE}" in listed
+    assert manifest["checksums"].keys() == listed.keys()  # storage/integrity.py; tests/test_integrity.py
     assert (home.root / "segments" / f"{release_id}-0.lance").is_dir()
     assert list(home.tmp.iterdir()) == [] and leftovers(home.root) == []
     assert complete_release_ids(home) == [release_id]
