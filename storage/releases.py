@@ -63,6 +63,7 @@ RELEASES = "releases"  # the store's folder of releases
 RELEASE_ID_FORMAT = "%Y%m%dT%H%M%S%fZ"  # a release id: when its writer started, UTC
 RELEASE_ID_PATTERN = re.compile(r"^\d{8}T\d{12}Z$")
 SEGMENT_NAME_PATTERN = re.compile(r"^(\d{8}T\d{12}Z)-\d+$")  # <the release that wrote it>-<n>
+WRONG_SIZE = "is missing or has the wrong size"
 LATEST_MAX_BYTES = 4096  # a release id and a newline; anything longer is not a pointer of this store
 # manifests of this format list segments as Lance datasets shared by releases; releases written by
 # earlier versions (numpy segments inside each release) are converted once by CONVERT_COMMAND
@@ -132,11 +133,11 @@ class NoReleaseError(ReleaseError):
 
 
 class DamagedReleaseError(ReleaseError):
-    """A file of a release is missing or does not match its recorded size or checksum (`key` names it)."""
+    """A file of a release (`key`) is missing or does not match its recorded size or checksum (`reason`)."""
 
-    def __init__(self, message: str, key: str):
-        super().__init__(message)
-        self.key = key
+    def __init__(self, release_id: str, key: str, reason: str, advice: str = ""):
+        super().__init__(f"release {release_id} is damaged: {key} {reason}{advice}")
+        self.key, self.reason = key, reason
 
 
 def new_release_id() -> str:
@@ -199,7 +200,7 @@ def read_manifest(home: DataHome, release_id: str, check_sizes: bool = True) -> 
         raise ReleaseError(f"release {release_id} has an unreadable manifest.json ({error})") from None
     if isinstance(manifest, dict) and is_damaged_manifest(manifest):
         key = release_key(release_id, MANIFEST)
-        raise DamagedReleaseError(f"release {release_id} is damaged: {DamagedFileError(key)}", key)
+        raise DamagedReleaseError(release_id, key, DamagedFileError(key).reason)
     if not isinstance(manifest, dict) or manifest.get("release_id") != release_id:
         raise ReleaseError(f"release {release_id} has a manifest that does not describe it; refusing it")
     if manifest.get("format") != STORE_FORMAT:
@@ -216,7 +217,7 @@ def read_manifest(home: DataHome, release_id: str, check_sizes: bool = True) -> 
         raise ReleaseError(f"release {release_id} is damaged: its manifest does not list {unlisted[0]}")
     for key, size in files.items():
         if not is_release_file_key(key) or (check_sizes and home.store.size(key) != size):
-            raise DamagedReleaseError(f"release {release_id} is damaged: {key} is missing or has the wrong size", key)
+            raise DamagedReleaseError(release_id, key, WRONG_SIZE)
     return manifest
 
 
@@ -466,11 +467,10 @@ def refused_as_damaged(home: DataHome, release_id: str, damage: DamagedFileError
     (not checked in full here: flows.verify does that)."""
     others = [other for other in complete_release_ids(home)
               if other != release_id and not reads_file(read_manifest(home, other), damage.key)]
-    what = str(damage) if isinstance(damage, DamagedReleaseError) else f"release {release_id} is damaged: {damage}"
     alternatives = (f"Releases that do not read that file: {', '.join(others)} (check one in full with "
                     f"`python -m flows.verify {others[-1]}` before switching to it)" if others else
                     "No other release avoids that file: publish a new one with `python -m flows.pipeline`")
-    return DamagedReleaseError(f"{what}; refusing it. {alternatives}.", damage.key)
+    return DamagedReleaseError(release_id, damage.key, damage.reason, f"; refusing it. {alternatives}.")
 
 
 # ----------------------------------------------------------------------------------------- writing
