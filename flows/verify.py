@@ -56,4 +56,4 @@ def verify(release_id: str = "", all: bool = False, data_home: str = "") -> dict
 if __name__ == "__main__":
     from flows.cli import run_flow_cli
 
-    run_flow_cli(verify, positional=("release_id",))
+    run_flow_cli(verify, positional=("release_id",), flags=("all",))

@@ -195,7 +195,7 @@ def test_an_intact_store_verifies_ok(home):
 
 
 def test_verify_takes_a_release_id_or_all(published_home):
-    parser = build_parser(verify, positional=("release_id",))
+    parser = build_parser(verify, positional=("release_id",), flags=("all",))
     assert parser.parse_args(["--all"]).all is True and parser.parse_args([]).all is False
     assert parser.parse_args(["20260101T000000000000Z"]).release_id == "20260101T000000000000Z"
     with pytest.raises(Exception, match="not both"):
