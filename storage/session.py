@@ -24,7 +24,7 @@ from storage.files import unescape_name
 from storage.home import DataHome
 from storage.images import ImageRejected, normalise_file
 from storage.lock import writer_lock
-from storage.releases import NoReleaseError, Recovery, Release, load_release, next_item_id_of, recover
+from storage.releases import DamagedReleaseError, NoReleaseError, Recovery, Release, load_release, next_item_id_of, recover
 
 
 
@@ -89,7 +89,8 @@ def writer_session(home: DataHome, holder: str, timeout_s: float | None = None, 
                    log: logging.Logger | logging.LoggerAdapter | None = None,
                    dataset: DatasetDescription | None = None) -> Iterator[WriterSession]:
     """The writer lock, recovery (told to `log` as a warning when anything was needed), the live release
-    (NoReleaseError if `require_live` and none) and a catalogue that covers it, loading items as
+    (NoReleaseError if `require_live` and none; a damaged one is refused the same way, or taken as none
+    when not `require_live`: a pipeline run replaces it) and a catalogue that covers it, loading items as
     `dataset` (default: the live release's, else the home's) says; a full disk inside becomes
     StoreFullError."""
     with writer_lock(home, timeout_s=timeout_s, holder=holder):
@@ -97,9 +98,11 @@ def writer_session(home: DataHome, holder: str, timeout_s: float | None = None, 
             recovered = recover(home)
             try:
                 live = load_release(home)
-            except NoReleaseError:
+            except (NoReleaseError, DamagedReleaseError) as error:
                 if require_live:
                     raise
+                if isinstance(error, DamagedReleaseError) and log is not None:  # a full run replaces it
+                    log.warning("not building on the live release: %s", error)
                 live = None
             dataset = dataset or (live.dataset if live else home_dataset(home))
             catalog = Catalog(home.catalog, dataset)

@@ -14,7 +14,7 @@ import pytest
 
 from flows.cli import build_parser
 from flows.verify import DamageFoundError, verify
-from storage.catalog import CatalogItems
+from storage.catalog import Catalog, CatalogItems
 from storage.dataset import FASHION_MNIST
 from storage.embedder import EMBEDDER_FILE
 from storage.integrity import CHECKSUMS, GRAPH_CHECKSUM, READ_WHOLE, SEAL, checksum_file, dataset_checksums
@@ -217,3 +217,22 @@ def test_the_cli_and_ui_search_name_the_damaged_file(published_home, capsys):
 
     assert main(["--item", "0", "--data-home", str(home.root)]) == 2
     assert f"is damaged: {key}" in capsys.readouterr().err
+
+
+def test_a_damaged_live_release_stops_a_reindex_and_a_pipeline_run_replaces_it(published_home, tiny_mirror):
+    from flows.pipeline import pipeline
+    from flows.reindex import reindex
+    from tests.conftest import TINY_TRAINING
+    from tests.test_store_damage import drop_garments
+
+    home = published_home
+    damaged = latest_release_id(home)
+    record = read_manifest(home, damaged)["segments"][0]
+    flip_byte(home, f"{segment_key(record['name'])}/{next(p for p in record[CHECKSUMS] if p.startswith('data/'))}")
+    drop_garments(home, [40])
+    with pytest.raises(ReleaseError, match=f"release {damaged} is damaged"):
+        reindex(data_home=str(home.root), settle_seconds=0)  # never built on: its items could be wrong
+
+    result = pipeline(data_home=str(home.root), mirror=str(tiny_mirror), **TINY_TRAINING)
+    assert result["published"] and latest_release_id(home) == result["release_id"] != damaged
+    assert len(load_release(home).items) == len(Catalog(home.catalog, FASHION_MNIST).load())
