@@ -33,6 +33,9 @@ from storage.location import is_remote, join
 
 PRECONDITION_FAILED = "pre-conditions you specified did not hold"  # S3's 412 text, as s3fs passes it on
 MAX_OBJECT_BYTES = 1 << 34  # reads are bounded; no object of the store comes near it
+# local_file fetches an object in parts of this size at once: a 66 MB segment file from SeaweedFS on this
+# machine in 0.12-0.22 s, against 0.17-0.28 s in one GET
+DOWNLOAD_PART = 8 << 20
 
 
 class OutsideStoreError(PermissionError):
@@ -256,12 +259,20 @@ class S3Store:
                 and (checksum is None or checksum_file(cached) == checksum)):
             return cached
         try:
-            atomic_write_bytes(cached, check_bytes(self.read_bytes(key), key, checksum))
+            atomic_write_bytes(cached, check_bytes(self._read_parts(key, size), key, checksum), durable=checksum is None)
         except FileNotFoundError:
             if checksum is None:
                 raise
             raise DamagedFileError.found(key, None) from None
         return cached
+
+    def _read_parts(self, key: str, size: int | None) -> bytes:
+        """The whole object, its DOWNLOAD_PART parts fetched at once (`size`: its size, when known)."""
+        path = self._object(key)
+        size = int(self.fs.info(path, refresh=True)["size"]) if size is None else size
+        starts = list(range(0, size, DOWNLOAD_PART)) or [0]
+        ends = [min(start + DOWNLOAD_PART, size) for start in starts]
+        return b"".join(self.fs.cat_ranges([path] * len(starts), starts, ends, on_error="raise"))
 
     def checksum(self, key: str) -> str | None:
         """The checksum of the object at `key`, streamed (never held whole); None when it is absent."""
