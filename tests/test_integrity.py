@@ -21,7 +21,7 @@ from storage.integrity import CHECKSUMS, GRAPH_CHECKSUM, READ_WHOLE, SEAL, check
 from storage.lock import writer_lock
 from storage.releases import (MANIFEST, METRICS_FILE, MODEL_FILE, ReleaseError, ReleaseManifest, ReleaseWriter,
                               latest_release_id, load_release, read_manifest, release_key)
-from storage.search_index import ANN_MIN_ITEMS, graph_key, segment_key
+from storage.search_index import ANN_MIN_ITEMS, IN_MEMORY_LIMIT_VARIABLE, graph_key, is_on_demand, segment_key
 from tasks.verify import NO_CHECKSUMS, OK, PARTLY_CHECKED
 from tests.conftest import REPO, upload_home
 from tests.test_storage import make_items, publish
@@ -236,3 +236,21 @@ def test_a_damaged_live_release_stops_a_reindex_and_a_pipeline_run_replaces_it(p
     result = pipeline(data_home=str(home.root), mirror=str(tiny_mirror), **TINY_TRAINING)
     assert result["published"] and latest_release_id(home) == result["release_id"] != damaged
     assert len(load_release(home).items) == len(Catalog(home.catalog, FASHION_MNIST).load())
+
+
+def test_an_on_demand_segment_checks_what_its_open_reads_whole_and_verify_checks_the_rest(home, monkeypatch):
+    monkeypatch.setenv(IN_MEMORY_LIMIT_VARIABLE, "1")  # 600 items take the path of a catalogue of millions
+    release_id = publish(home, 600)
+    record = read_manifest(home, release_id)["segments"][0]
+    assert is_on_demand(record)
+    dataset = segment_key(record["name"])
+    paths = {kind: next(p for p in record[CHECKSUMS] if p.startswith(kind)) for kind in ("_versions/", "data/", "_indices/")}
+
+    flip_byte(home, f"{dataset}/{paths['_indices/']}")  # read in pieces by a query: verify's to check
+    assert len(load_release(home).items) == 600
+    with pytest.raises(DamageFoundError, match=f"{dataset}/{paths['_indices/']}"):
+        verify(data_home=str(home.root))
+
+    flip_byte(home, f"{dataset}/{paths['_versions/']}")  # read whole by every open
+    with pytest.raises(ReleaseError, match=f"is damaged: {dataset}/{paths['_versions/']}"):
+        load_release(home)
