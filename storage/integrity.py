@@ -42,6 +42,11 @@ READ_WHOLE = ("_versions/", "data/", "_deletions/")
 READ_AT_OPEN = ("_versions/", "_deletions/")
 STREAM_CHUNK = 8 << 20  # bytes hashed per read of an object-store download
 MISMATCH = "does not match the checksum recorded when it was written"
+# files this process hashed for an open, by identity (device, inode, size, modification and change
+# times): reopening one unchanged costs a stat, not a read (a service following LATEST reopens the
+# segments and model a re-index shares; the S3 cache's copies). Any write changes the change time, which
+# nothing can set back; flows.verify never uses it
+_HASHED_FOR_OPEN: dict[tuple[int, ...], str] = {}
 MISSING = "is missing (or is not a regular file)"
 
 
@@ -62,20 +67,32 @@ def checksum_bytes(data: bytes | memoryview) -> str:
     return xxhash.xxh3_64_hexdigest(data)
 
 
-def checksum_file(path: Path) -> str:
+def checksum_file(path: Path, for_open: bool = False) -> str:
     """The checksum of a local regular file, hashed through a memory map (no copy of the page cache's
-    bytes); opened without blocking, so a FIFO put in its place raises NotRegularFileError."""
+    bytes); opened without blocking, so a FIFO put in its place raises NotRegularFileError. `for_open`:
+    the checksum this process already computed for the same unchanged file, if any (_HASHED_FOR_OPEN)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             raise NotRegularFileError(file_kind(status.st_mode))
+        identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns)
+        if for_open and identity in _HASHED_FOR_OPEN:
+            return _HASHED_FOR_OPEN[identity]
         if not status.st_size:
             return checksum_bytes(b"")
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
-            return checksum_bytes(mapped)
+            checksum = checksum_bytes(mapped)
+        if for_open:
+            _HASHED_FOR_OPEN[identity] = checksum
+        return checksum
     finally:
         os.close(fd)
+
+
+def forget_hashed_files() -> None:
+    """Hash every file again at its next open (benchmarks/integrity.py measures an open's full cost)."""
+    _HASHED_FOR_OPEN.clear()
 
 
 def checksum_stream(stream) -> str:

@@ -140,15 +140,16 @@ class LocalStore:
         fsync_dir(target.parent)
 
     def local_file(self, key: str, size: int | None = None, checksum: str | None = None) -> Path:
-        found = checksum if checksum is None else self.checksum(key)
+        found = checksum if checksum is None else self.checksum(key, for_open=True)
         if found != checksum:
             raise DamagedFileError.found(key, found)
         return self.path(key)
 
-    def checksum(self, key: str) -> str | None:
-        """The checksum of the object at `key` (storage/integrity.py); None when it is absent."""
+    def checksum(self, key: str, for_open: bool = False) -> str | None:
+        """The checksum of the object at `key` (storage/integrity.py; `for_open` as checksum_file says);
+        None when it is absent."""
         try:
-            return checksum_file(self._inside(key))
+            return checksum_file(self._inside(key), for_open)
         except (FileNotFoundError, NotADirectoryError, NotRegularFileError, OutsideStoreError):
             return None
 
@@ -256,7 +257,7 @@ class S3Store:
         it is refused (DamagedFileError): the object in the store is damaged."""
         cached = self.cache / key
         if (cached.is_file() and (size is None or cached.stat().st_size == size)
-                and (checksum is None or checksum_file(cached) == checksum)):
+                and (checksum is None or checksum_file(cached, for_open=True) == checksum)):
             return cached
         try:
             atomic_write_bytes(cached, check_bytes(self._read_parts(key, size), key, checksum), durable=checksum is None)

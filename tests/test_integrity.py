@@ -254,3 +254,14 @@ def test_an_on_demand_segment_checks_what_its_open_reads_whole_and_verify_checks
     flip_byte(home, f"{dataset}/{paths['_versions/']}")  # read whole by every open
     with pytest.raises(ReleaseError, match=f"is damaged: {dataset}/{paths['_versions/']}"):
         load_release(home)
+
+
+def test_a_file_damaged_after_this_process_checked_it_is_checked_again(home):
+    release_id = publish(home, ANN_MIN_ITEMS)  # with a graph
+    load_release(home, release_id)  # its files hashed once, remembered while unchanged
+    for key in (graph_key(f"{release_id}-0"), release_key(release_id, MODEL_FILE)):
+        load_release(home, release_id).local_file(MODEL_FILE)
+        flip_byte(home, key)  # written in place: its change time moves
+        with pytest.raises(ReleaseError, match=f"is damaged: {key}"):
+            load_release(home, release_id).local_file(MODEL_FILE)
+        flip_byte(home, key)  # flipped back: intact again
