@@ -467,8 +467,8 @@ def refused_as_damaged(home: DataHome, release_id: str, damage: DamagedFileError
     (not checked in full here: flows.verify does that)."""
     others = [other for other in complete_release_ids(home)
               if other != release_id and not reads_file(read_manifest(home, other), damage.key)]
-    alternatives = (f"Releases that do not read that file: {', '.join(others)} (check one in full with "
-                    f"`python -m flows.verify {others[-1]}` before switching to it)" if others else
+    alternatives = (f"Releases that do not read that file: {', '.join(others)} (`python -m flows.verify "
+                    f"{others[-1]}` checks one in full)" if others else
                     "No other release avoids that file: publish a new one with `python -m flows.pipeline`")
     return DamagedReleaseError(release_id, damage.key, damage.reason, f"; refusing it. {alternatives}.")
 
