@@ -14,6 +14,7 @@ from __future__ import annotations
 from prefect import flow
 
 from storage.home import DataHome
+from storage.releases import NoReleaseError
 from storage.lock import DEFAULT_LOCK_TIMEOUT_S
 from storage.session import writer_session
 from tasks.evaluate import report_artifact
@@ -35,8 +36,10 @@ def rollback(release_id: str = "", drop_newer: bool = False, data_home: str = ""
     """
     log = step_logger()
     home = DataHome.from_env(data_home or None).ensure()
-    with writer_session(home, "rollback", lock_timeout_s, log=log) as session:
-        rolled_back = session.live.release_id
+    with writer_session(home, "rollback", lock_timeout_s, require_live=False, log=log) as session:  # a damaged one too
+        if session.live_id is None:
+            raise NoReleaseError(f"No release is published in {home.location}: nothing to roll back")
+        rolled_back = session.live_id
         target = rollback_target_task(session, release_id)
         done, newer = roll_back_task(session, target, drop_newer)
     newer_note = (f"{newer} item(s) catalogued after it " + (

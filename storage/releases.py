@@ -468,7 +468,7 @@ def refused_as_damaged(home: DataHome, release_id: str, damage: DamagedFileError
     others = [other for other in complete_release_ids(home)
               if other != release_id and not reads_file(read_manifest(home, other), damage.key)]
     alternatives = (f"Releases that do not read that file: {', '.join(others)} (`python -m flows.verify "
-                    f"{others[-1]}` checks one in full)" if others else
+                    f"{others[-1]}` checks one in full, `python -m flows.rollback {others[-1]}` serves it)" if others else
                     "No other release avoids that file: publish a new one with `python -m flows.pipeline`")
     return DamagedReleaseError(release_id, damage.key, damage.reason, f"; refusing it. {alternatives}.")
 

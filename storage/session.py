@@ -24,7 +24,7 @@ from storage.files import unescape_name
 from storage.home import DataHome
 from storage.images import ImageRejected, normalise_file
 from storage.lock import writer_lock
-from storage.releases import DamagedReleaseError, NoReleaseError, Recovery, Release, load_release, next_item_id_of, recover
+from storage.releases import DamagedReleaseError, NoReleaseError, latest_release_id, Recovery, Release, load_release, next_item_id_of, recover
 
 
 
@@ -41,6 +41,7 @@ class WriterSession:
     live: Release | None  # None only where the flow allows it (a first pipeline run)
     dataset: DatasetDescription  # what the flow works with: the catalogue loads its items in this shape
     recovery: Recovery = field(default_factory=Recovery)  # what was undone or rebuilt; false when nothing
+    live_id: str | None = None  # the live release's id, also when it is damaged (`live` is None then)
 
     @property
     def next_item_id(self) -> int:
@@ -90,7 +91,7 @@ def writer_session(home: DataHome, holder: str, timeout_s: float | None = None, 
                    dataset: DatasetDescription | None = None) -> Iterator[WriterSession]:
     """The writer lock, recovery (told to `log` as a warning when anything was needed), the live release
     (NoReleaseError if `require_live` and none; a damaged one is refused the same way, or taken as none
-    when not `require_live`: a pipeline run replaces it) and a catalogue that covers it, loading items as
+    when not `require_live`: a pipeline run or a rollback replaces it) and a catalogue that covers it, loading items as
     `dataset` (default: the live release's, else the home's) says; a full disk inside becomes
     StoreFullError."""
     with writer_lock(home, timeout_s=timeout_s, holder=holder):
@@ -101,7 +102,7 @@ def writer_session(home: DataHome, holder: str, timeout_s: float | None = None, 
             except (NoReleaseError, DamagedReleaseError) as error:
                 if require_live:
                     raise
-                if isinstance(error, DamagedReleaseError) and log is not None:  # a full run replaces it
+                if isinstance(error, DamagedReleaseError) and log is not None:  # a full run or a rollback replaces it
                     log.warning("not building on the live release: %s", error)
                 live = None
             dataset = dataset or (live.dataset if live else home_dataset(home))
@@ -111,7 +112,7 @@ def writer_session(home: DataHome, holder: str, timeout_s: float | None = None, 
             recovery = replace(recovered, restored_catalog_rows=restored, moved_to_processed=moved)
             if recovery and log is not None:
                 log.warning("recovered from an interrupted run: %s", recovery)
-            yield WriterSession(home, catalog, live, dataset, recovery)
+            yield WriterSession(home, catalog, live, dataset, recovery, latest_release_id(home))
         except Exception as error:
             if is_out_of_space(error):
                 raise StoreFullError(

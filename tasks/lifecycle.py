@@ -26,7 +26,7 @@ from storage.images import ImageRejected, normalise_file
 from storage.lifecycle import (adopt_model, carried_metrics, clean_up, items_not_in, link_without, plan_cleanup, store_bytes)
 from storage.catalog import Catalog
 from storage.releases import (METRICS_FILE, Release, ReleaseError, ReleaseManifest, ReleaseWriter,
-                              complete_release_ids, load_release, release_key)
+                              complete_release_ids, load_release, read_manifest, release_key)
 from storage.removals import Removal, now_text
 from storage.session import WriterSession
 from tasks.embed import embed_items
@@ -173,15 +173,26 @@ def undo_removals_task(session: WriterSession, item_ids: list[int]) -> Published
 # ---------------------------------------------------------------------------------------- rollback
 
 
+def live_manifest(session: WriterSession) -> dict[str, Any] | None:
+    """The live release's manifest, also when the release is damaged (a rollback is how to leave it);
+    None when even its manifest cannot be used."""
+    if session.live is not None:
+        return session.live.manifest
+    try:
+        return read_manifest(session.home, session.live_id)
+    except ReleaseError:
+        return None
+
+
 def rollback_target(session: WriterSession, release_id: str) -> Release:
     """The release to roll back to: `release_id`, else the live release's parent; loaded and checked."""
-    live = session.live
-    target_id = release_id or live.manifest.get("parent")
-    available = ", ".join(r for r in complete_release_ids(session.home) if r != live.release_id) or "none"
+    live_id = session.live_id
+    target_id = release_id or (live_manifest(session) or {}).get("parent")
+    available = ", ".join(r for r in complete_release_ids(session.home) if r != live_id) or "none"
     if not target_id:
-        raise RollbackTargetError(f"the live release {live.release_id} has no parent: name the release to roll back "
+        raise RollbackTargetError(f"the live release {live_id} has no parent: name the release to roll back "
                                   f"to (python -m flows.rollback RELEASE_ID); complete releases: {available}")
-    if target_id == live.release_id:
+    if target_id == live_id:
         raise RollbackTargetError(f"release {target_id} is the live release; nothing to roll back")
     try:
         return load_release(session.home, target_id)
@@ -193,7 +204,8 @@ def roll_back(session: WriterSession, target: Release, drop_newer: bool) -> tupl
     """Publish a release serving `target`'s model and segments less the marked items, with the items
     catalogued since embedded by its model (or, `drop_newer`, marked removed). Returns it and how many
     items were catalogued since."""
-    live, home = session.live, session.home
+    home, live_id = session.home, session.live_id
+    parent = live_id if live_manifest(session) is not None else None  # a damaged manifest names no parent
     newer = items_not_in(Catalog(home.catalog, target.dataset), target)
     if drop_newer and len(newer):
         identities = session.catalog.identities()
@@ -211,9 +223,9 @@ def roll_back(session: WriterSession, target: Release, drop_newer: bool) -> tupl
         writer.link_model_from(target)
 
     def manifest(writer: ReleaseWriter) -> ReleaseManifest:
-        return ReleaseManifest("rollback", live.release_id, len(target.items) - dropped[0] + len(kept),
+        return ReleaseManifest("rollback", parent, len(target.items) - dropped[0] + len(kept),
                                target.manifest["model"], target.dataset,
-                               {"rollback_to": target.release_id, "rolled_back": live.release_id,
+                               {"rollback_to": target.release_id, "rolled_back": live_id,
                                 "newer_items": len(newer), "newer_items_kept": not drop_newer,
                                 "removed_items_left_out": dropped[0]})
 

@@ -265,3 +265,20 @@ def test_a_file_damaged_after_this_process_checked_it_is_checked_again(home):
         with pytest.raises(ReleaseError, match=f"is damaged: {key}"):
             load_release(home, release_id).local_file(MODEL_FILE)
         flip_byte(home, key)  # flipped back: intact again
+
+
+def test_a_rollback_leaves_a_damaged_live_release(published_home):
+    from flows.rollback import rollback
+
+    home = published_home
+    tiny, _, newest = build_releases(home)
+    flip_byte(home, damaged_key(home, "graph", tiny, newest))  # only the live release reads it
+    with pytest.raises(ReleaseError, match=f"release {newest} is damaged"):
+        load_release(home)
+
+    result = rollback(data_home=str(home.root))  # to its parent, named by its manifest (intact)
+
+    assert result["rolled_back"] == newest and result["rollback_to"] == tiny
+    assert latest_release_id(home) == result["release_id"]
+    release = read_as_a_page_does(home, result["release_id"])
+    assert release.manifest["parent"] == newest and len(release.items) == len(load_release(home, tiny).items)
