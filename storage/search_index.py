@@ -196,11 +196,17 @@ def write_segment(store, name: str, items: CatalogItems, embeddings: np.ndarray,
                                   data_storage_version=SEGMENT_FILE_FORMAT,
                                   storage_options=lance_storage_options(store.uri))
     record = {"name": name, "version": int(dataset.version), "rows": len(items)}
-    if build_graph and len(items) >= ANN_MIN_ITEMS:
-        local = Path(scratch) / f"{name}.hnsw"
+    return add_graph(store, record, embeddings, scratch) if build_graph else record
+
+
+def add_graph(store, record: dict[str, Any], embeddings: np.ndarray, scratch: Path) -> dict[str, Any]:
+    """A large segment's HNSW graph, built in the local folder `scratch` and put beside its dataset;
+    `record` (the segment's manifest record) with its size. Small segments are left without one."""
+    if len(embeddings) >= ANN_MIN_ITEMS:
+        local = Path(scratch) / f"{record['name']}.hnsw"
         build_hnsw(np.asarray(embeddings, np.float32), local)
         record["graph_bytes"] = local.stat().st_size
-        store.put_file(local, graph_key(name))
+        store.put_file(local, graph_key(record["name"]))
     return record
 
 
@@ -241,3 +247,30 @@ def load_segments(store, records: list[dict[str, Any]], image_shape: tuple[int, 
         segments.append(Segment(offset, rows, graph))
         offset += len(part)
     return CatalogItems.concatenate([items for items, _ in parts]), embeddings, SegmentedIndex(segments)
+
+
+
+def write_segment_fragments(url: str, items: CatalogItems, embeddings: np.ndarray) -> list:
+    """One shard of the segment whose dataset is at `url` (store.url(segment_key(name))): its rows written
+    as Lance fragments that no version holds yet; `commit_segment` commits every shard's at once
+    (tasks/shards.py). Runs where the shard runs: the store's credentials come from that machine."""
+    from lance.fragment import write_fragments
+
+    return write_fragments(segment_table(items, embeddings), url, mode="create",
+                           data_storage_version=SEGMENT_FILE_FORMAT, storage_options=lance_storage_options(url))
+
+
+def commit_segment(store, name: str, fragments: list, schema: pa.Schema, scratch: Path,
+                   build_graph: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+    """Segment `name` made of the shards' fragments, in order, in one commit, and its graph when it is
+    large (`add_graph`, from its embeddings read back): the segment `write_segment` would have written.
+    Returns its record for the release manifest and its embeddings."""
+    import lance
+
+    dataset = lance.LanceDataset.commit(store.url(segment_key(name)), lance.LanceOperation.Overwrite(schema, fragments),
+                                        storage_options=lance_storage_options(store.uri))
+    vectors = dataset.to_table(columns=["embedding"]).column("embedding").combine_chunks()
+    embeddings = np.ascontiguousarray(vectors.values.to_numpy(zero_copy_only=False).reshape(len(vectors), -1),
+                                      np.float32)
+    record = {"name": name, "version": int(dataset.version), "rows": len(embeddings)}
+    return (add_graph(store, record, embeddings, scratch) if build_graph else record), embeddings
