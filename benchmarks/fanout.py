@@ -20,10 +20,11 @@ import os
 import statistics
 import time
 
+import dask
 import numpy as np
 
 from benchmarks.common import load_split, machine, mirror_dir
-from tasks.shards import FANOUT_MIN_ITEMS, SHARD_ITEMS, FanOut, embed_shard_task
+from tasks.shards import FANOUT_MIN_ITEMS, SHARD_ITEMS, WORKER_CONFIG, FanOut, embed_shard_task, local_cluster_kwargs
 
 
 def shards_of(images: np.ndarray, size: int = SHARD_ITEMS) -> list[np.ndarray]:
@@ -49,7 +50,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mirror", default=None, help="Fashion-MNIST files (default: $FASHION_MNIST_MIRROR)")
     args = parser.parse_args()
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 
     from storage.dataset import FASHION_MNIST
     from storage.embedder import make_embedder
@@ -62,16 +62,19 @@ def main() -> None:
 
     from distributed import LocalCluster
 
-    cluster_kwargs = dict(threads_per_worker=1, processes=True, dashboard_address=None)
-    with LocalCluster(n_workers=2, **cluster_kwargs) as two_workers, LocalCluster(n_workers=1, **cluster_kwargs) as one:
+    with dask.config.set(WORKER_CONFIG):  # the fan-out's own local cluster, as FanOut.task_runner makes it
+        two_workers, one = LocalCluster(**local_cluster_kwargs(2)), LocalCluster(**local_cluster_kwargs(1))
+    with two_workers, one:
         clusters = {"two_workers_1_thread": FanOut(two_workers.scheduler_address),
                     "one_worker_1_thread": FanOut(one.scheduler_address)}
         for fan_out in clusters.values():  # each worker imports and compiles the model once, untimed
             fanned(fan_out, embed, images[:4], size=1)
         rounds = []  # this VM's speed drifts (other processes share its 2 cores): the three in turn, per round
         for _ in range(args.repeats):
-            rounds.append({"in_process": seconds(lambda: embed(images)),
-                           **{name: seconds(lambda: fanned(fan_out, embed, images)) for name, fan_out in clusters.items()}})
+            timed = {"in_process": seconds(lambda: embed(images))}
+            for name, fan_out in clusters.items():
+                timed[name] = seconds(lambda: fanned(fan_out, embed, images))
+            rounds.append(timed)
         difference = float(np.abs(fanned(clusters["two_workers_1_thread"], embed, images[:SHARD_ITEMS])
                                   - embed(images[:SHARD_ITEMS])).max())
     started = time.perf_counter()

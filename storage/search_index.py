@@ -267,7 +267,8 @@ def commit_segment(store, name: str, fragments: list, schema: pa.Schema, scratch
     Returns its record for the release manifest and its embeddings."""
     import lance
 
-    dataset = lance.LanceDataset.commit(store.url(segment_key(name)), lance.LanceOperation.Overwrite(schema, fragments),
+    overwrite = lance.LanceOperation.Overwrite(schema, fragments)  # a new dataset: its first version
+    dataset = lance.LanceDataset.commit(store.url(segment_key(name)), overwrite,
                                         storage_options=lance_storage_options(store.uri))
     vectors = dataset.to_table(columns=["embedding"]).column("embedding").combine_chunks()
     embeddings = np.ascontiguousarray(vectors.values.to_numpy(zero_copy_only=False).reshape(len(vectors), -1),

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import dask
 import numpy as np
 from prefect import get_client, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -38,15 +39,20 @@ from tasks.embed import embed_task
 from tasks.logs import step_logger
 
 DASK_ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
-# Images per shard: one task run each. Large enough that a task run's own cost (about 0.1 s of Prefect
-# bookkeeping, the model sent along) is a small share of embedding it (20,000 Fashion-MNIST images:
-# about 2 s on one core), small enough that a 2-worker cluster is busy on 60,000 items.
-SHARD_ITEMS = 20_000
+# Images per shard: one task run each. A task run costs about 0.25 s besides its work (Prefect's
+# bookkeeping, the images sent, the model compiled once per worker), 8% of embedding 50,000 Fashion-MNIST
+# images on one core (17,000 a second); 20,000 a shard made 2 workers 0.78x the in-process throughput,
+# 50,000 ...; a 1,000,000-item catalogue is 20 shards.
+SHARD_ITEMS = 50_000
 # Jobs of fewer images embed in the flow's process: starting a local cluster of 2 workers cost 8 s
 # here (what embedding 130,000 Fashion-MNIST images in process costs), and on 2 cores the cluster
 # embeds no faster than the process does (README "Scale out"). So the pipeline's 70,000 items, the
 # 10,000 queries, drops and the tests stay in process; 1,000,000 items fan out.
 FANOUT_MIN_ITEMS = 200_000
+# Dask workers sample their threads' stacks every 10 ms by default (the dashboard's profile): embedding
+# 20,000 images in a worker then took 1.2-1.5 s against 0.8 s in a plain process, and 0.8 s with it off.
+# A local cluster's workers get this; start an existing cluster's with DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=false.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 
 class RemoteClusterError(UserError, ValueError):
@@ -86,8 +92,7 @@ class FanOut:
 
         if self.address:
             return DaskTaskRunner(address=self.address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": usable_cpus(), "threads_per_worker": 1, "processes": True,
-                                              "dashboard_address": None, "env": _worker_environment()})
+        return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs())
 
     def run(self, shard_task, shards: dict[str, list], **shared) -> list:
         """`shard_task` mapped over `shards` (one argument name: its list of shards) with the `shared`
@@ -105,23 +110,29 @@ class FanOut:
             api_url = str(client.api_url)
         if not verbose():
             logging.getLogger("distributed").setLevel(logging.WARNING)
-        with temporary_settings({PREFECT_API_URL: api_url}), self.task_runner() as runner:
-            futures = runner.map(shard_task, {**shards, **{name: unmapped(value) for name, value in shared.items()}})
-            return [future.result() for future in futures]
+        arguments = {**shards, **{name: unmapped(value) for name, value in shared.items()}}
+        runner = self.task_runner()  # imports distributed, whose config defaults dask.config.set's exit must keep
+        with temporary_settings({PREFECT_API_URL: api_url}), dask.config.set(WORKER_CONFIG), runner:
+            return [future.result() for future in runner.map(shard_task, arguments)]
 
 
-def _worker_environment() -> dict[str, str]:
-    """A local cluster's workers print only warnings, unless FASHION_SIM_VERBOSE is set."""
-    return {} if verbose() else {"DASK_LOGGING__DISTRIBUTED": "warning"}
+def local_cluster_kwargs(workers: int | None = None) -> dict[str, Any]:
+    """distributed.LocalCluster's arguments for the default cluster: `workers` (default: one per core) of one
+    thread each, no dashboard, workers that print only warnings unless FASHION_SIM_VERBOSE is set. Create it
+    within dask.config.set(WORKER_CONFIG), which its workers inherit."""
+    return {"n_workers": workers or usable_cpus(), "threads_per_worker": 1, "processes": True,
+            "dashboard_address": None, "env": {} if verbose() else {"DASK_LOGGING__DISTRIBUTED": "warning"}}
 
 
 _worker_embedders: dict[tuple[str, bool], Embedder] = {}
 
 
 def worker_embedder(model: bytes, mirror_average: bool) -> Embedder:
-    """The Embedder of `model` in this worker process (compiled once), on the worker's own threads."""
+    """The Embedder of `model` in this worker process (compiled once, the last one kept), on the worker's
+    own threads."""
     key = (hashlib.sha256(model).hexdigest(), mirror_average)
     if key not in _worker_embedders:
+        _worker_embedders.clear()
         try:
             from distributed import get_worker
 

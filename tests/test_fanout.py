@@ -73,7 +73,8 @@ def test_an_existing_cluster_on_loopback_reindexes_a_drop_into_an_s3_home(tiny_r
     home = DataHome.from_env()
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
-    processes = Processes(tmp_path, {**os.environ, "PYTHONPATH": str(REPO), "DASK_LOGGING__DISTRIBUTED": "warning"})
+    processes = Processes(tmp_path, {**os.environ, "PYTHONPATH": str(REPO), "DASK_LOGGING__DISTRIBUTED": "warning",
+                                       "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "false"})
     try:
         processes.start("scheduler", "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
         processes.start("workers", "dask", "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard",
