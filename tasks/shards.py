@@ -40,14 +40,13 @@ from tasks.logs import step_logger
 
 DASK_ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
 # Images per shard: one task run each. A task run costs about 0.25 s besides its work (Prefect's
-# bookkeeping, the images sent, the model compiled once per worker), 8% of embedding 50,000 Fashion-MNIST
-# images on one core (17,000 a second); 20,000 a shard made 2 workers 0.78x the in-process throughput,
-# 50,000 ...; a 1,000,000-item catalogue is 20 shards.
+# bookkeeping, the images sent), 8% of embedding 50,000 Fashion-MNIST images on one core (about 17,000
+# a second) against 20% for 20,000; a 1,000,000-item catalogue is 20 shards.
 SHARD_ITEMS = 50_000
-# Jobs of fewer images embed in the flow's process: starting a local cluster of 2 workers cost 8 s
-# here (what embedding 130,000 Fashion-MNIST images in process costs), and on 2 cores the cluster
-# embeds no faster than the process does (README "Scale out"). So the pipeline's 70,000 items, the
-# 10,000 queries, drops and the tests stay in process; 1,000,000 items fan out.
+# Jobs of fewer images embed in the flow's process: starting the local cluster took 3.2-11 s here (as
+# long as embedding 70,000-230,000 images in process), and on 2 cores it embeds no faster than the
+# process (benchmarks/fanout.py, README "Scale out"). So the pipeline's 70,000 items, its 10,000
+# queries, drops and the tests start no cluster; at 1,000,000 items its start is about 7% of the job.
 FANOUT_MIN_ITEMS = 200_000
 # Dask workers sample their threads' stacks every 10 ms by default (the dashboard's profile): embedding
 # 20,000 images in a worker then took 1.2-1.5 s against 0.8 s in a plain process, and 0.8 s with it off.
