@@ -78,7 +78,21 @@ server: venv
 
 deploy: venv
 	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m prefect work-pool create fashion-sim --type process --overwrite
-	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m prefect --no-prompt deploy --all
+	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m prefect --no-prompt deploy $$($(PY) -m flows.serve --names)
 
 worker: venv
 	PREFECT_API_URL=$(PREFECT_URL) $(PY) -m prefect worker start --pool fashion-sim
+
+## Kubernetes (README "Scale out"), against the Prefect server in PREFECT_API_URL: the work pool (its base
+## job template from flows/kubernetes.py), then the k8s-* deployments of prefect.yaml, which need
+## FASHION_SIM_IMAGE and an s3:// FASHION_SIM_HOME (DASK_SCHEDULER_ADDRESS: optional). Not run here.
+.PHONY: k8s-pool k8s-deploy
+k8s-pool: venv
+	@template=$$(mktemp) && $(PY) -m flows.kubernetes >$$template && \
+	  $(PY) -m prefect work-pool create fashion-sim-k8s --type kubernetes --base-job-template $$template --overwrite; \
+	  status=$$?; rm -f $$template; exit $$status
+
+k8s-deploy: venv
+	@test -n "$$FASHION_SIM_IMAGE" || { echo "set FASHION_SIM_IMAGE to the worker image (README \"Scale out\")"; exit 1; }
+	@case "$$FASHION_SIM_HOME" in s3://*) ;; *) echo "set FASHION_SIM_HOME to the s3:// store the cluster uses"; exit 1;; esac
+	DASK_SCHEDULER_ADDRESS="$${DASK_SCHEDULER_ADDRESS:-}" $(PY) -m prefect --no-prompt deploy --name 'k8s-*'

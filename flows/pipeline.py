@@ -17,11 +17,11 @@ from storage.embedder import make_embedder
 from storage.home import DataHome
 from storage.releases import ReleaseWriter, release_key
 from storage.session import writer_session
-from tasks.embed import embed_task
 from tasks.evaluate import DEFAULT_GATE_TOLERANCE, headline
 from tasks.logs import step_logger
 from tasks.publish import Candidate, release_candidate_task
 from tasks.sample import sample_task
+from tasks.shards import FanOut, embed_catalogue, embed_images
 from tasks.source import prepare_source, settle_dataset
 from tasks.train import ARCHITECTURE_SIDES, TrainConfig, train_task
 
@@ -49,6 +49,7 @@ def pipeline(
     seed: int = DEFAULTS.seed,
     gate_tolerance: float = DEFAULT_GATE_TOLERANCE,
     force_publish: bool = False,
+    dask_address: str = "",
 ) -> dict:
     """Train, index, evaluate and publish a release from Fashion-MNIST or from a folder of your own images.
 
@@ -85,9 +86,13 @@ def pipeline(
         seed: seeds sampling, initialisation and augmentation (same seed, same model)
         gate_tolerance: largest drop in precision@1 / recall@5 against the live release still published
         force_publish: publish even if the evaluation regresses against the live release
+        dask_address: an existing Dask cluster's scheduler (tcp://host:8786) for embedding jobs of at least
+            200,000 images, which needs an s3:// data home (default: $DASK_SCHEDULER_ADDRESS, else a local
+            cluster; smaller jobs embed in this process; README "Scale out")
     """
     log = step_logger()
     home = DataHome.from_env(data_home or None).ensure()
+    fan_out = FanOut.for_home(home, dask_address)
     dataset = settle_dataset(home, images, image_size, ARCHITECTURE_SIDES.get(architecture or "", 0))
     config = TrainConfig.for_dataset(
         dataset, architecture=architecture, weights=weights, embedding_size=embedding_size, epochs=epochs,
@@ -103,8 +108,10 @@ def pipeline(
                               config.steps_per_epoch, config.classes_per_batch, seed)
         model, history = train_task(sampler, config, dataset.num_classes)
         embed = make_embedder(model, config.mirror_average)
-        candidate = Candidate("full", model, embed, items, embed_task(embed, items), config.as_dict(), dataset,
-                              int(items.item_ids[trainable].max()), history)
+        embedded = embed_catalogue(embed, items, writer, fan_out)
+        candidate = Candidate("full", model, embed, items, embedded.embeddings, config.as_dict(), dataset,
+                              int(items.item_ids[trainable].max()), history, segment=embedded.segment,
+                              query_embeddings=embed_images(embed, source.queries[0], fan_out))
         outcome = release_candidate_task(session, writer, candidate, source.queries,
                                          ("pipeline-evaluation", "Pipeline release candidate"), gate_tolerance,
                                          force_publish)

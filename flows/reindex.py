@@ -17,17 +17,19 @@ from prefect import flow
 
 from storage.home import DataHome
 from storage.lock import DEFAULT_LOCK_TIMEOUT_S
-from storage.releases import latest_release_id, new_release_id
+from storage.releases import ReleaseWriter, latest_release_id, new_release_id
 from storage.session import writer_session
 from tasks.evaluate import report_artifact
 from tasks.ingest import DEFAULT_SETTLE_SECONDS, DropScan, has_pending_files, move_rejected, reindex_report, scan_task
 from tasks.logs import step_logger
-from tasks.publish import publish_drops_task
+from tasks.publish import drop_items, publish_drops_task
+from tasks.shards import FanOut, embed_catalogue
 
 
 @flow(name="reindex")
 def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
-            lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, allow_new_classes: bool = False, incoming: str = "") -> dict:
+            lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, allow_new_classes: bool = False, incoming: str = "",
+            dask_address: str = "") -> dict:
     """Add the images dropped into incoming/ to a new release, embedded with the live model.
 
     Args:
@@ -39,9 +41,13 @@ def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
             trained on at the next retrain) instead of being rejected; "allow_new_classes": true in the
             home's dataset.json makes this the home's setting
         lock_timeout_s: how long to wait for another run that is writing to the store before stopping
+        dask_address: an existing Dask cluster's scheduler (tcp://host:8786) for embedding jobs of at least
+            200,000 images, which needs an s3:// data home (default: $DASK_SCHEDULER_ADDRESS, else a local
+            cluster; smaller jobs embed in this process; README "Scale out")
     """
     log = step_logger()
     home = DataHome.from_env(data_home or None, incoming or None).ensure()
+    fan_out = FanOut.for_home(home, dask_address)
     if not has_pending_files(home.incoming):  # the every-minute case: no lock, no model, no artifact
         return {"published": False, "release_id": latest_release_id(home),
                 "reason": f"nothing to index: {home.incoming} is empty", **DropScan().counts(), "rejections": [],
@@ -50,7 +56,12 @@ def reindex(data_home: str = "", settle_seconds: float = DEFAULT_SETTLE_SECONDS,
         scan = scan_task(home.incoming, session.catalog, session.next_item_id, session.live.dataset, settle_seconds,
                          allow_new_classes)
         counts = scan.counts()
-        release_id = publish_drops_task(session, scan) if scan.accepted else None
+        release_id = None
+        if scan.accepted:  # embedded here, by shards on a cluster when the drop is large (tasks/shards.py)
+            writer = ReleaseWriter(home)
+            items = drop_items(home, scan, writer)
+            embedded = embed_catalogue(session.live.embedder, items, writer, fan_out)
+            release_id = publish_drops_task(session, scan, writer, items, embedded)
         reason = (f"indexed {counts['indexed']} new item(s) into release {release_id}" if release_id else
                   f"no valid new files ({counts['rejected']} rejected, {counts['waiting']} waiting): "
                   "nothing published")

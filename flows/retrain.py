@@ -19,12 +19,12 @@ from storage.home import DataHome
 from storage.lock import DEFAULT_LOCK_TIMEOUT_S
 from storage.releases import ReleaseWriter
 from storage.session import writer_session
-from tasks.embed import embed_task
 from tasks.evaluate import DEFAULT_GATE_TOLERANCE, headline
 from tasks.logs import step_logger
 from tasks.publish import Candidate, release_candidate_task
 from tasks.reshape import Arrays
 from tasks.sample import retrain_set_task, sample_task
+from tasks.shards import FanOut, embed_catalogue, embed_images
 from tasks.train import TrainConfig, train_task
 
 
@@ -39,6 +39,7 @@ def retrain(
     seed: int = 42,
     gate_tolerance: float = DEFAULT_GATE_TOLERANCE,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    dask_address: str = "",
 ) -> dict:
     """Fine-tune the live model on new labelled items plus a replay sample; publish if it does not regress.
 
@@ -52,9 +53,13 @@ def retrain(
         seed: seeds the replay sample, batches and augmentation
         gate_tolerance: largest drop in precision@1 / recall@5 against the live release still published
         lock_timeout_s: how long to wait for another run that is writing to the store before stopping
+        dask_address: an existing Dask cluster's scheduler (tcp://host:8786) for embedding jobs of at least
+            200,000 images, which needs an s3:// data home (default: $DASK_SCHEDULER_ADDRESS, else a local
+            cluster; smaller jobs embed in this process; README "Scale out")
     """
     log = step_logger()
     home = DataHome.from_env(data_home or None).ensure()
+    fan_out = FanOut.for_home(home, dask_address)
     with writer_session(home, "retrain", lock_timeout_s, log=log) as session:  # no release: run the pipeline
         live, live_model = session.live, session.live.model_record
         new = session.catalog.load_labelled_after(live_model.trained_through_item_id)
@@ -69,11 +74,13 @@ def retrain(
                                         examples_per_class=examples_per_class, learning_rate=learning_rate, seed=seed)
         sampler = sample_task(images, labels, examples_per_class, steps_per_epoch, config.classes_per_batch, seed)
         model, history = train_task(sampler, config, live.dataset.num_classes, initial_model=live.model)
-        embed = make_embedder(model, config.mirror_average)
-        candidate = Candidate("retrain", model, embed, items, embed_task(embed, items), config.as_dict(), live.dataset,
+        embed, writer = make_embedder(model, config.mirror_average), ReleaseWriter(home)
+        embedded, queries = embed_catalogue(embed, items, writer, fan_out), Arrays(home.store).load("test")
+        candidate = Candidate("retrain", model, embed, items, embedded.embeddings, config.as_dict(), live.dataset,
                               int(new.item_ids.max()), history, live.release_id,
-                              {"new_labelled_items": len(new), "replayed_items": replayed})
-        outcome = release_candidate_task(session, ReleaseWriter(home), candidate, Arrays(home.store).load("test"),
+                              {"new_labelled_items": len(new), "replayed_items": replayed}, embedded.segment,
+                              embed_images(embed, queries[0], fan_out))
+        outcome = release_candidate_task(session, writer, candidate, queries,
                                          ("retrain-evaluation", "Incremental retrain candidate"), gate_tolerance)
     return {"published": outcome.release_id is not None, "gate": outcome.decision.as_dict(),
             "metrics": headline(outcome.metrics), "new_labelled_items": len(new), "replayed_items": replayed,

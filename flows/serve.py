@@ -22,10 +22,17 @@ from storage.runtime import add_verbose_flag, parse_command_line
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO / "prefect.yaml"
+LOCAL_POOL = "fashion-sim"  # the process work pool of this machine's deployments (the k8s-* ones: flows/kubernetes.py)
 
 
-def deployment_specs(path: Path = PREFECT_YAML) -> list[dict]:
-    return yaml.safe_load(Path(path).read_text())["deployments"]
+def deployment_specs(path: Path = PREFECT_YAML, pool: str = LOCAL_POOL) -> list[dict]:
+    """The deployments of prefect.yaml on work pool `pool`: this machine's, unless told otherwise."""
+    return [spec for spec in yaml.safe_load(Path(path).read_text())["deployments"] if spec["work_pool"]["name"] == pool]
+
+
+def deploy_arguments() -> list[str]:
+    """`prefect deploy`'s arguments for this machine's deployments: `--all` would deploy the k8s-* ones too."""
+    return [argument for spec in deployment_specs() for argument in ("--name", spec["name"])]
 
 
 def to_schedule(entry: dict):
@@ -102,8 +109,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--wait-for-server", type=float, default=0, metavar="SECONDS",
                         help="first wait up to this long for the server at PREFECT_API_URL to answer")
     parser.add_argument("--limit", type=int, default=None, help="most flow runs executing at once")
+    parser.add_argument("--names", action="store_true",
+                        help="print `--name NAME` for each deployment it serves (what `make deploy` deploys) and stop")
     add_verbose_flag(parser)  # the runs inherit it (FASHION_SIM_VERBOSE)
     args = parse_command_line(parser, argv)
+    if args.names:
+        print(" ".join(deploy_arguments()))
+        return
     api_url = os.environ.get("PREFECT_API_URL")
     if not api_url:
         raise SystemExit("PREFECT_API_URL is not set: schedules need a Prefect server. Start one with "

@@ -39,12 +39,13 @@ class Embedder:
     """uint8 images (n, side, side[, channels]) -> float32 unit embeddings (n, d). Thread-safe: the page
     shares one per release between sessions, and an interpreter runs one call at a time."""
 
-    def __init__(self, flatbuffer: bytes, mirror_average: bool = False):
+    def __init__(self, flatbuffer: bytes, mirror_average: bool = False, threads: int | None = None):
+        """`threads`: the interpreters' threads (default: every usable core; a Dask worker gives its own count)."""
         from ai_edge_litert.interpreter import Interpreter
 
         self.flatbuffer = flatbuffer
         self.mirror_average = mirror_average
-        threads = usable_cpus()
+        threads = threads or usable_cpus()
         with quiet_native_output():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             self._single = Interpreter(model_content=flatbuffer, num_threads=threads)
             self._batch = Interpreter(model_content=flatbuffer, num_threads=threads)

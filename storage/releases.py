@@ -350,15 +350,20 @@ class Release:
         except DamagedFileError as damage:
             raise refused_as_damaged(DataHome.from_env(self.store.uri), self.release_id, damage) from None
 
-    def embed(self, images: np.ndarray) -> np.ndarray:
-        """Embed uint8 images (n, *dataset.pixel_shape) with this release's model."""
+    @property
+    def embedder(self) -> Embedder:
+        """This release's compiled model (loaded once); what `embed` runs, and what shards are sent."""
         if self._embed_fn is None:
             # releases published before the compiled embedder existed compile their model on load
             mirror = bool(self.manifest["model"].get("mirror_average", False))
             self._embed_fn = (Embedder.load(self.local_file(EMBEDDER_FILE), mirror)
                               if model_key(self.manifest, EMBEDDER_FILE) in self.manifest["files"]
                               else make_embedder(self.model, mirror))
-        return self._embed_fn(images)
+        return self._embed_fn
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """Embed uint8 images (n, *dataset.pixel_shape) with this release's model."""
+        return self.embedder(images)
 
     def nearest(self, query_embeddings: np.ndarray, k: int, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Cosine k-NN over every segment (graph or exact; exact=True forces brute force).
@@ -488,14 +493,27 @@ class ReleaseWriter:
         self.segments: list[dict[str, Any]] = []  # the records of the segments it searches, in order
         self.model_release = self.release_id  # whose model.keras and embedder.tflite it serves
         self.next_item_id = 0  # raised by every segment added or referred to, and by the parent at publish
+        self.named_segments = 0  # segment names given out: <release id>-<n>
         self.published = False
 
     def add_segment(self, items: CatalogItems, embeddings: np.ndarray) -> str:
-        name = f"{self.release_id}-{len(self.segments)}"
-        self.segments.append(write_segment(self.home.store, name, items, embeddings, self.path))
+        name = self.new_segment_name()
+        self.adopt_segment(write_segment(self.home.store, name, items, embeddings, self.path), items)
+        return name
+
+    def new_segment_name(self) -> str:
+        """A segment name of this release that is not taken, <release id>-<n> (n: its place in the manifest
+        unless a name was given out before; discard and recovery find its segments by the prefix)."""
+        number = max(len(self.segments), self.named_segments)
+        self.named_segments = number + 1
+        return f"{self.release_id}-{number}"
+
+    def adopt_segment(self, record: dict[str, Any], items: CatalogItems) -> None:
+        """Search a segment of `items` written under `new_segment_name()`: by add_segment, or committed
+        from the fan-out's shards (tasks/shards.py)."""
+        self.segments.append(record)
         if len(items):
             self.next_item_id = max(self.next_item_id, int(items.item_ids.max()) + 1)
-        return name
 
     def link_segments_from(self, release: Release, names: list[str] | None = None) -> None:
         """Search a release's segments (all, or `names`) too: shared, never copied nor modified."""

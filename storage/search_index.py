@@ -369,19 +369,35 @@ def write_segment(store, name: str, items: CatalogItems, embeddings: np.ndarray,
                                   data_storage_version=SEGMENT_FILE_FORMAT,
                                   storage_options=lance_storage_options(store.uri))
     record = {"name": name, "version": int(dataset.version), "rows": len(items)}
+    return index_segment(store, dataset, record, items, embeddings, scratch, build_graph)
+
+
+def index_segment(store, dataset, record: dict[str, Any], items: CatalogItems, embeddings: np.ndarray, scratch: Path,
+                  build_graph: bool = True) -> dict[str, Any]:
+    """A new segment's index (with `build_graph`), then the checksums of its files; `record` (its manifest
+    record) completed. Past `in_memory_limit()`, Lance's vector index in the dataset (a new version,
+    searched on demand); else an HNSW graph for a large segment (`add_graph`); small ones are left without."""
     if build_graph and len(items) >= LANCE_MIN_ROWS and in_memory_bytes(items) > in_memory_limit():
         partitions = lance_partitions(len(items))
         dataset = dataset.create_index("embedding", LANCE_INDEX_TYPE, metric="cosine", num_partitions=partitions)
         record.update(version=int(dataset.version), search="lance",
                       index={"type": LANCE_INDEX_TYPE, "partitions": partitions, "nprobes": LANCE_NPROBES,
                              "refine_factor": LANCE_REFINE_FACTOR})
-    elif build_graph and len(items) >= ANN_MIN_ITEMS:
-        local = Path(scratch) / f"{name}.hnsw"
+    elif build_graph:
+        add_graph(store, record, embeddings, scratch)
+    record[CHECKSUMS] = dataset_checksums(store, segment_key(record["name"]), record["version"])
+    return record
+
+
+def add_graph(store, record: dict[str, Any], embeddings: np.ndarray, scratch: Path) -> dict[str, Any]:
+    """A large segment's HNSW graph, built in the local folder `scratch` and put beside its dataset;
+    `record` (the segment's manifest record) with its size and checksum. Small segments are left without one."""
+    if len(embeddings) >= ANN_MIN_ITEMS:
+        local = Path(scratch) / f"{record['name']}.hnsw"
         build_hnsw(np.asarray(embeddings, np.float32), local)
         record["graph_bytes"] = local.stat().st_size
         record[GRAPH_CHECKSUM] = checksum_file(local)
-        store.put_file(local, graph_key(name))
-    record[CHECKSUMS] = dataset_checksums(store, segment_key(name), record["version"])
+        store.put_file(local, graph_key(record["name"]))
     return record
 
 
@@ -477,3 +493,30 @@ def release_items(parts: list[CatalogItems]) -> CatalogItems:
               for column in CatalogItems.COLUMNS if column not in ("images", "displays")}
     return CatalogItems(images=Column([part.images for part in parts]),
                         displays=Column([part.displays for part in parts]), **joined)
+
+
+def write_segment_fragments(url: str, items: CatalogItems, embeddings: np.ndarray) -> list:
+    """One shard of the segment whose dataset is at `url` (store.url(segment_key(name))): its rows written
+    as Lance fragments that no version holds yet; `commit_segment` commits every shard's at once
+    (tasks/shards.py). Runs where the shard runs: the store's credentials come from that machine."""
+    from lance.fragment import write_fragments
+
+    return write_fragments(segment_table(items, embeddings), url, mode="create",
+                           data_storage_version=SEGMENT_FILE_FORMAT, storage_options=lance_storage_options(url))
+
+
+def commit_segment(store, name: str, fragments: list, schema: pa.Schema, scratch: Path, items: CatalogItems,
+                   build_graph: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+    """Segment `name` of `items`, made of the shards' fragments, in order, in one commit, and its index
+    (`index_segment`, from its embeddings read back): the segment `write_segment` would have written.
+    Returns its record for the release manifest and its embeddings."""
+    import lance
+
+    overwrite = lance.LanceOperation.Overwrite(schema, fragments)  # a new dataset: its first version
+    dataset = lance.LanceDataset.commit(store.url(segment_key(name)), overwrite,
+                                        storage_options=lance_storage_options(store.uri))
+    vectors = dataset.to_table(columns=["embedding"]).column("embedding").combine_chunks()
+    embeddings = np.ascontiguousarray(vectors.values.to_numpy(zero_copy_only=False).reshape(len(vectors), -1),
+                                      np.float32)
+    record = {"name": name, "version": int(dataset.version), "rows": len(embeddings)}
+    return index_segment(store, dataset, record, items, embeddings, scratch, build_graph), embeddings

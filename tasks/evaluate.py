@@ -82,11 +82,12 @@ def pixel_vectors(images: np.ndarray) -> np.ndarray:
 
 
 def evaluate_release(embed: Callable[[np.ndarray], np.ndarray], query_images, query_labels, index_emb: np.ndarray,
-                     items: CatalogItems, dataset: DatasetDescription) -> dict:
-    """Embed the test queries with `embed` (the Embedder that embedded the index), measure retrieval
-    against the index, and the raw-pixel cosine kNN baseline over the same items beside it."""
+                     items: CatalogItems, dataset: DatasetDescription, query_emb: np.ndarray | None = None) -> dict:
+    """Embed the test queries with `embed` (the Embedder that embedded the index; `query_emb` when the
+    flow embedded them already: tasks/shards.py), measure retrieval against the index, and the raw-pixel
+    cosine kNN baseline over the same items beside it."""
     log = step_logger()
-    query_emb = embed(query_images)
+    query_emb = embed(query_images) if query_emb is None else query_emb
     knn = exact_knn(query_emb, index_emb, max(K_VALUES))
     metrics = retrieval_metrics(query_emb, query_labels, index_emb, items.labels, dataset.class_names, knn=knn)
     calibrating = calibration_rows(len(query_emb))[0]

@@ -19,26 +19,29 @@ from storage.catalog import CatalogItems
 from storage.dataset import DatasetDescription, read_home_dataset, write_home_dataset
 from storage.home import DataHome
 from storage.releases import (METRICS_FILE, ModelRecord, Release, ReleaseManifest, ReleaseWriter, complete_release_ids,
-                              release_key, retired_through)
+                              delete_segment, release_key, retired_through)
 from storage.session import WriterSession
-from tasks.embed import embed_items
 from tasks.evaluate import GateDecision, evaluate_release, gate, markdown_report, report_artifact
 from tasks.ingest import DropScan, move_processed
 from tasks.logs import step_logger
+from tasks.shards import Embedded
 
 
 def publish_release(home: DataHome, writer: ReleaseWriter, manifest: ReleaseManifest, metrics: dict[str, Any],
                     new_items: CatalogItems | None = None, new_embeddings: np.ndarray | None = None,
-                    model=None, base: Release | None = None) -> str:
+                    model=None, base: Release | None = None, segment: dict[str, Any] | None = None) -> str:
     """Publish `writer`'s release: `base`'s segments and model (hard-linked) plus what is new.
 
     A retrain passes the new model and every item; a re-index passes `base` and only the new items.
+    `segment`: the new items' segment when the fan-out's shards wrote it (tasks/shards.py), else it is written here.
     """
     try:
         if base is not None:
-            writer.extend(base, new_items, new_embeddings)
-        elif new_items is not None and len(new_items):
+            writer.extend(base, None if segment else new_items, None if segment else new_embeddings)
+        elif new_items is not None and len(new_items) and segment is None:
             writer.add_segment(new_items, new_embeddings)
+        if segment is not None:
+            writer.adopt_segment(segment, new_items)
         if model is not None:
             writer.save_model(model)
         else:
@@ -67,6 +70,8 @@ class Candidate:
     history: dict[str, Any]
     warm_start_from: str | None = None
     details: dict[str, Any] = field(default_factory=dict)  # counts the run adds to the manifest
+    segment: dict[str, Any] | None = None  # the segment of `items` the fan-out's shards wrote (tasks/shards.py)
+    query_embeddings: np.ndarray | None = None  # the test queries embedded by the flow (tasks/shards.py)
 
     def manifest(self, release_id: str, parent: str | None) -> ReleaseManifest:
         model = ModelRecord(self.config, release_id, self.trained_through_item_id, self.warm_start_from)
@@ -89,18 +94,20 @@ def release_candidate(session: WriterSession, writer: ReleaseWriter, candidate: 
     searches every item but held-out queries (CatalogItems.evaluation_index); the release indexes all."""
     searched = candidate.items.evaluation_index
     metrics = evaluate_release(candidate.embed, *queries, candidate.embeddings[searched],
-                               candidate.items.subset(searched), candidate.dataset)
+                               candidate.items.subset(searched), candidate.dataset, candidate.query_embeddings)
     live = session.live
     decision = gate(metrics, live.metrics if live else None, tolerance, force)
     report_artifact(report[0], markdown_report(metrics, report[1], decision))
     if not decision.publish:
         writer.discard()
+        if candidate.segment:
+            delete_segment(session.home, candidate.segment["name"])
         session.catalog.forget_unpublished(set(complete_release_ids(session.home)), retired_through(session.home))
         step_logger().warning("not published: %s", decision.reason)
         return Outcome(None, metrics, decision)
     manifest = candidate.manifest(writer.release_id, live.release_id if live else None)
     release_id = publish_release(session.home, writer, manifest, metrics, candidate.items, candidate.embeddings,
-                                 model=candidate.model)
+                                 model=candidate.model, segment=candidate.segment)
     if live and live.dataset.side != candidate.dataset.side:  # the catalogue keeps what the live release searched
         session.catalog.store_inputs(candidate.items)
     return Outcome(release_id, metrics, decision)
@@ -113,20 +120,24 @@ def release_candidate_task(session: WriterSession, writer: ReleaseWriter, candid
     return release_candidate(session, writer, candidate, queries, report, tolerance, force)
 
 
-def publish_drops(session: WriterSession, scan: DropScan) -> str:
-    """Catalogue the scan's accepted files, embed them with the live model, publish them as a release
-    built on the live one (its segments and model hard-linked, its evaluation carried over:
-    `metrics_carried_from`), then move the files to processed/<release>/. Returns the release id."""
+def drop_items(home: DataHome, scan: DropScan, writer: ReleaseWriter) -> CatalogItems:
+    """The scan's accepted files as the catalogue items of `writer`'s release (their paths in processed/)."""
+    return scan.catalogue_items(home.relative(home.processed / writer.release_id))
+
+
+def publish_drops(session: WriterSession, scan: DropScan, writer: ReleaseWriter, items: CatalogItems,
+                  embedded: Embedded) -> str:
+    """Catalogue the scan's accepted files (`drop_items`, embedded with the live model by the flow:
+    tasks/shards.py), publish them as `writer`'s release built on the live one (its segments and model
+    hard-linked, its evaluation carried over: `metrics_carried_from`), then move the files to
+    processed/<release>/. Returns the release id."""
     home, live = session.home, session.live
-    writer = ReleaseWriter(home)
-    items = scan.catalogue_items(home.relative(home.processed / writer.release_id))
-    embeddings = embed_items(live.embed, items)
     session.catalog.add(items, writer.release_id)  # before the release: recover() drops them if it never comes
     manifest = ReleaseManifest("reindex", live.release_id, len(live.items) + len(items), live.manifest["model"],
                                scan.dataset, {"added_items": len(items)})
     metrics = {**live.metrics, "metrics_carried_from": live.metrics.get("metrics_carried_from", live.release_id)}
-    release_id = publish_release(home, writer, manifest, metrics, new_items=items, new_embeddings=embeddings,
-                                 base=live)
+    release_id = publish_release(home, writer, manifest, metrics, new_items=items, new_embeddings=embedded.embeddings,
+                                 base=live, segment=embedded.segment)
     recorded = read_home_dataset(home)
     if recorded and scan.dataset.num_classes > live.dataset.num_classes:  # new classes: the next run keeps their index
         write_home_dataset(home, recorded.with_classes(scan.dataset.class_names))
@@ -135,5 +146,6 @@ def publish_drops(session: WriterSession, scan: DropScan) -> str:
 
 
 @task(name="publish-drops", cache_policy=NO_CACHE)
-def publish_drops_task(session: WriterSession, scan: DropScan) -> str:
-    return publish_drops(session, scan)
+def publish_drops_task(session: WriterSession, scan: DropScan, writer: ReleaseWriter, items: CatalogItems,
+                       embedded: Embedded) -> str:
+    return publish_drops(session, scan, writer, items, embedded)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import free_port
-from flows.serve import wait_for_server
+from flows.serve import deploy_arguments, wait_for_server
 from storage.releases import latest_release_id, load_release
 from tests.conftest import REPO
 from tests.test_reindex import drop_labelled
@@ -62,6 +62,15 @@ class Processes:
             log.close()
 
 
+def start_prefect_server(processes: Processes, port: int) -> None:
+    """`prefect server start` on 127.0.0.1:`port` (processes' PREFECT_API_URL), once it answers."""
+    processes.start("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
+    try:
+        wait_for_server(processes.env["PREFECT_API_URL"], timeout_s=240)
+    except SystemExit as error:
+        pytest.fail(f"{error}\n{processes.tail('server')}")
+
+
 def wait_for_log(processes: Processes, name: str, text: str, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while text not in processes.tail(name, 1_000_000):
@@ -80,15 +89,11 @@ def test_deployed_and_served_reindex_runs_against_a_real_server(published_home, 
            "PREFECT_CLI_PROMPT": "false"}
     processes = Processes(tmp_path, env)
     try:
-        processes.start("server", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
-        try:
-            wait_for_server(api_url, timeout_s=240)
-        except SystemExit as error:
-            pytest.fail(f"{error}\n{processes.tail('server')}")
+        start_prefect_server(processes, port)
 
         # 1. prefect.yaml deployed as is, run by a process worker
         processes.run("pool", "prefect", "work-pool", "create", "fashion-sim", "--type", "process", "--overwrite")
-        processes.run("deploy", "prefect", "--no-prompt", "deploy", "--all")
+        processes.run("deploy", "prefect", "--no-prompt", "deploy", *deploy_arguments())
         first = drop_labelled(home.incoming, "trouser", 1, 2, seed=301)
         before = latest_release_id(home)
         processes.run("trigger", "prefect", "deployment", "run", DEPLOYMENT, "--param", "settle_seconds=0")
