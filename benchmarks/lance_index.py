@@ -62,8 +62,24 @@ def resident_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
 
-def measure_open(uri: str, record: dict, shape: tuple, queries: np.ndarray, truth: np.ndarray, result) -> None:
-    """Runs in a fresh process: open the segment, search, read pixels; put the figures in `result`."""
+def timed_queries(index, queries: np.ndarray, truth: np.ndarray) -> dict:
+    """One query at a time: p50 / p99 and recall@K against `truth` (exact rows); and the found rows."""
+    samples, found = [], []
+    for query in queries:
+        started = time.perf_counter()
+        _, rows = index.nearest(query[None], K)
+        samples.append(time.perf_counter() - started)
+        found.append(rows[0])
+    recall = float(np.mean([len(set(got) & set(want)) / K for got, want in zip(found, truth)]))
+    return {"query_p50_ms": round(float(np.percentile(samples, 50)) * 1000, 3),
+            "query_p99_ms": round(float(np.percentile(samples, 99)) * 1000, 3),
+            "recall@10": round(recall, 4), "found": found}
+
+
+def measure_open(uri: str, record: dict, shape: tuple, queries: np.ndarray, truth: np.ndarray, result,
+                 ef_values: tuple[int, ...] = ()) -> None:
+    """Runs in a fresh process: open the segment, search one query at a time and in one batch, read
+    pixels, and (for a graph, `ef_values`) search again at each search width; figures into `result`."""
     for module in ("hnswlib", "lance"):  # imported before the clock starts, as in a serving process
         importlib.import_module(module)
     before = resident_bytes()
@@ -72,21 +88,25 @@ def measure_open(uri: str, record: dict, shape: tuple, queries: np.ndarray, trut
     opened = time.perf_counter() - started
     added = resident_bytes() - before
     index.nearest(queries[:5], K)  # warm up
-    samples, found = [], []
-    for query in queries:
-        started = time.perf_counter()
-        _, rows = index.nearest(query[None], K)
-        samples.append(time.perf_counter() - started)
-        found.append(rows[0])
-    recall = float(np.mean([len(set(got) & set(want)) / K for got, want in zip(found, truth)]))
+    figures = timed_queries(index, queries, truth)
+    found = figures.pop("found")
+    started = time.perf_counter()
+    index.nearest(queries, K)
+    batch = len(queries) / (time.perf_counter() - started)
     started = time.perf_counter()
     for rows in found[:20]:
         items.images[rows]
     pixels_ms = (time.perf_counter() - started) / 20 * 1000
-    result.put({"open_s": round(opened, 3), "open_memory_mib": round(added / 2 ** 20, 1),
-                "query_p50_ms": round(float(np.percentile(samples, 50)) * 1000, 3),
-                "query_p99_ms": round(float(np.percentile(samples, 99)) * 1000, 3),
-                "recall@10": round(recall, 4), "pixels_of_10_rows_ms": round(pixels_ms, 3)})
+    sweep = []
+    for ef in ef_values if index.graphs else ():
+        for segment in index.graphs:
+            segment.graph.set_ef(ef)
+        sweep.append({"ef": ef, **{key: value for key, value in timed_queries(index, queries, truth).items()
+                                   if key != "found"}})
+    result.put({"open_s": round(opened, 3), "open_memory_mib": round(added / 2 ** 20, 1), **figures,
+                "batch_queries_per_s": round(batch), "pixels_of_10_rows_ms": round(pixels_ms, 3),
+                "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                **({"ef_sweep": sweep} if sweep else {})})
 
 
 def measure_size(items: CatalogItems, embeddings: np.ndarray, size: int, queries_count: int, scratch: Path,
