@@ -62,6 +62,13 @@ def resident_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
 
+def peak_resident_mib() -> int:
+    """This process's largest resident memory so far (Linux's VmHWM: getrusage's ru_maxrss would count
+    what a spawning parent held when it forked)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return round(int(line.split()[1]) / 1024)
+
+
 def timed_queries(index, queries: np.ndarray, truth: np.ndarray) -> dict:
     """One query at a time: p50 / p99 and recall@K against `truth` (exact rows); and the found rows."""
     samples, found = [], []
@@ -76,8 +83,8 @@ def timed_queries(index, queries: np.ndarray, truth: np.ndarray) -> dict:
             "recall@10": round(recall, 4), "found": found}
 
 
-def measure_open(uri: str, record: dict, shape: tuple, queries: np.ndarray, truth: np.ndarray, result,
-                 ef_values: tuple[int, ...] = ()) -> None:
+def measure_open(uri: str, record: dict, shape: tuple, queries: np.ndarray, truth: np.ndarray,
+                 ef_values: tuple[int, ...], result) -> None:
     """Runs in a fresh process: open the segment, search one query at a time and in one batch, read
     pixels, and (for a graph, `ef_values`) search again at each search width; figures into `result`."""
     for module in ("hnswlib", "lance"):  # imported before the clock starts, as in a serving process
@@ -105,7 +112,7 @@ def measure_open(uri: str, record: dict, shape: tuple, queries: np.ndarray, trut
                                    if key != "found"}})
     result.put({"open_s": round(opened, 3), "open_memory_mib": round(added / 2 ** 20, 1), **figures,
                 "batch_queries_per_s": round(batch), "pixels_of_10_rows_ms": round(pixels_ms, 3),
-                "peak_memory_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "peak_memory_mib": peak_resident_mib(),
                 **({"ef_sweep": sweep} if sweep else {})})
 
 
@@ -129,7 +136,7 @@ def measure_size(items: CatalogItems, embeddings: np.ndarray, size: int, queries
         written = time.perf_counter() - started
         result = context.Queue()
         child = context.Process(target=measure_open, args=(uri, record, catalogue.images.shape[1:], queries, truth,
-                                                           result))
+                                                           (), result))
         child.start()
         figures[path] = {"write_and_index_s": round(written, 2), **result.get(), "index": record.get("index", "hnsw")}
         child.join()

@@ -47,8 +47,12 @@ SEGMENTS = "segments"  # the store's folder of segments
 # readable by every later Lance) read a 60,000-item Fashion-MNIST segment in 0.026 s against 0.051 s
 # for the newer default (2.2, median of 10; /tmp/conv measurements in the README "A store on S3")
 SEGMENT_FILE_FORMAT = "2.0"
-# ef_search 32: 10,000 queries in 0.31 s with recall@10 0.989 vs exact on the real data (ef 48: 0.43 s, 0.995)
-HNSW_M, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH = 16, 200, 32
+# HNSW graphs: M links per node; the build and search widths grow with the graph (hnsw_widths). Measured by
+# benchmarks/scale.py (Fashion-MNIST and augmented copies, 1,000 test queries, recall@10 against exact):
+# ef_search 32 reaches 0.990 at 60,000 items, 48 0.995 at 250,000, 64 0.991 at 1,000,000; building
+# 1,000,000 with ef_construction 100 took 50 s against 99 s with 200 (recall at ef_search 64: 0.991 / 0.995)
+HNSW_M = 16
+HNSW_WIDTHS = ((200_000, 200, 32), (500_000, 200, 48), (None, 100, 64))  # (below n items, ef_construction, ef_search)
 # queries per score matrix in exact search, chunks shared between the cores: 10,000 x 60,000 in 3.6 s
 # (one TF matmul + top_k per 1,024 queries took 11 s); bounds the working memory to about
 # 12 bytes x EXACT_CHUNK x items per core (the scores and argpartition's int64 indices)
@@ -74,11 +78,19 @@ LANCE_INDEX_TYPE, LANCE_NPROBES, LANCE_REFINE_FACTOR = "IVF_HNSW_SQ", 16, 4
 LANCE_MIN_ROWS = 256
 
 
+def hnsw_widths(count: int) -> tuple[int, int]:
+    """ef_construction and ef_search for a graph of `count` items (HNSW_WIDTHS)."""
+    for below, construction, search in HNSW_WIDTHS:
+        if below is None or count < below:
+            return construction, search
+    raise AssertionError("HNSW_WIDTHS ends with an open size")
+
+
 def build_hnsw(embeddings: np.ndarray, path: Path, threads: int | None = None) -> None:
     import hnswlib
 
     index = hnswlib.Index(space="ip", dim=embeddings.shape[1])
-    index.init_index(max_elements=len(embeddings), ef_construction=HNSW_EF_CONSTRUCTION, M=HNSW_M,
+    index.init_index(max_elements=len(embeddings), ef_construction=hnsw_widths(len(embeddings))[0], M=HNSW_M,
                      random_seed=0)
     index.set_num_threads(threads or usable_cpus())
     index.add_items(np.asarray(embeddings, dtype=np.float32), np.arange(len(embeddings)))
@@ -90,7 +102,7 @@ def load_hnsw(path: Path, dim: int, count: int):
 
     index = hnswlib.Index(space="ip", dim=dim)
     index.load_index(str(path), max_elements=count)
-    index.set_ef(HNSW_EF_SEARCH)
+    index.set_ef(hnsw_widths(count)[1])
     return index
 
 
@@ -395,7 +407,9 @@ def add_graph(store, record: dict[str, Any], embeddings: np.ndarray, scratch: Pa
     if len(embeddings) >= ANN_MIN_ITEMS:
         local = Path(scratch) / f"{record['name']}.hnsw"
         build_hnsw(np.asarray(embeddings, np.float32), local)
-        record["graph_bytes"] = local.stat().st_size
+        construction, search = hnsw_widths(len(embeddings))
+        record.update(graph_bytes=local.stat().st_size,
+                      index={"type": "HNSW", "M": HNSW_M, "ef_construction": construction, "ef_search": search})
         record[GRAPH_CHECKSUM] = checksum_file(local)
         store.put_file(local, graph_key(record["name"]))
     return record
