@@ -37,7 +37,8 @@ def graph_recall(graph, queries, base, k=10) -> float:
 
 def test_hnsw_graph_recall_against_exact(tmp_path):
     base, queries = unit_clusters(5000), unit_clusters(200, seed=3)
-    build_hnsw(base, tmp_path / "hnsw.bin")
+    build_hnsw(base, tmp_path / "hnsw.bin", threads=1)  # one thread: the same graph every run (two threads
+    # insert in an order the machine's load decides, and this bound then held on most runs, not all)
     graph = load_hnsw(tmp_path / "hnsw.bin", base.shape[1], len(base))
     # the search setting trades recall for speed (0.989 on the real embeddings, benchmarks/latency.py);
     # isotropic noise around 10 centres is harder for a graph than real embeddings, hence the bound
