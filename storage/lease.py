@@ -26,6 +26,8 @@ import threading
 import time
 from datetime import datetime, timezone
 
+from botocore.exceptions import BotoCoreError  # s3fs's client raises these for an unreachable endpoint
+
 from storage.errors import UserError
 from storage.home import LATEST
 
@@ -112,7 +114,7 @@ class Lease:
         expires_at = time.time() + self.seconds
         try:
             written = self.store.write_if(LEASE_KEY, self._body(expires_at), self.version)
-        except OSError as error:  # the store is unreachable: keep the old expiry, try again next time
+        except (OSError, BotoCoreError) as error:  # the store is unreachable: keep the old expiry, try again
             if time.time() > self.expires_at:
                 self.lost = f"it could not be renewed ({error})"
             return
@@ -147,7 +149,7 @@ class Lease:
         if not self.lost and self.version is not None:
             try:
                 self.store.write_if(LEASE_KEY, self._body(0.0), self.version)
-            except OSError:
+            except (OSError, BotoCoreError):
                 pass  # it expires by itself
 
 
