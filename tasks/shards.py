@@ -41,8 +41,10 @@ from tasks.logs import step_logger
 DASK_ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
 # Images per shard: one task run each. A task run costs about 0.25 s besides its work (Prefect's
 # bookkeeping, the images sent), 8% of embedding 50,000 Fashion-MNIST images on one core (about 17,000
-# a second) against 20% for 20,000; a 1,000,000-item catalogue is 20 shards.
-SHARD_ITEMS = 50_000
+# a second) against 20% for 20,000. On a quiet machine 2 workers reached 0.92x the process with shards
+# of 100,000 against 0.87x with 50,000 (benchmarks/fanout.py); a 1,000,000-item catalogue is 10 shards,
+# and a shard of 100,000 photos at 64 px is about 1.2 GB in a worker.
+SHARD_ITEMS = 100_000
 # Jobs of fewer images embed in the flow's process: starting the local cluster took 3.2-11 s here (as
 # long as embedding 70,000-230,000 images in process), and on 2 cores it embeds no faster than the
 # process (benchmarks/fanout.py, README "Scale out"). So the pipeline's 70,000 items, its 10,000
