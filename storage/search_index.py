@@ -158,8 +158,7 @@ class OnDemandColumn:
         if self.column == "display":
             return object_array(binary_rows(values))
         if self.column == "embedding":
-            vectors = values.combine_chunks()
-            return vectors.values.to_numpy(zero_copy_only=False).reshape(len(rows), vectors.type.list_size)
+            return vector_rows(values)
         size = int(np.prod(self.row_shape))
         return np.asarray(fixed_size_rows(values, size)).reshape(len(rows), *self.row_shape)
 
@@ -354,6 +353,13 @@ def graph_key(name: str) -> str:
     return f"{SEGMENTS}/{name}.hnsw"
 
 
+def vector_rows(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A segment's embedding column (fixed-size lists of float32) as a contiguous float32 (n, d) array."""
+    vectors = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values = vectors.values.to_numpy(zero_copy_only=False)
+    return np.ascontiguousarray(values.reshape(len(vectors), vectors.type.list_size), np.float32)
+
+
 def segment_table(items: CatalogItems, embeddings: np.ndarray) -> pa.Table:
     embeddings = np.ascontiguousarray(embeddings, np.float32)
     dim = embeddings.shape[1] if embeddings.ndim == 2 else 0
@@ -451,12 +457,9 @@ def read_segment(store, record: dict[str, Any], image_shape: tuple[int, ...]) ->
     table = open_segment(store, record).to_table()
     count = len(table)
     images = fixed_size_rows(table.column("image"), int(np.prod(image_shape)))
-    vectors = table.column("embedding").combine_chunks()
-    dim = vectors.type.list_size
-    embeddings = vectors.values.to_numpy(zero_copy_only=False).reshape(count, dim) if count else np.zeros((0, dim))
     items = CatalogItems(images=images.reshape(count, *image_shape),
                          displays=object_array(binary_rows(table.column("display"))), **small_columns(table))
-    return items, np.ascontiguousarray(embeddings, np.float32)
+    return items, vector_rows(table.column("embedding"))
 
 
 def on_demand_segment(store, record: dict[str, Any], image_shape: tuple[int, ...]
@@ -529,8 +532,6 @@ def commit_segment(store, name: str, fragments: list, schema: pa.Schema, scratch
     overwrite = lance.LanceOperation.Overwrite(schema, fragments)  # a new dataset: its first version
     dataset = lance.LanceDataset.commit(store.url(segment_key(name)), overwrite,
                                         storage_options=lance_storage_options(store.uri))
-    vectors = dataset.to_table(columns=["embedding"]).column("embedding").combine_chunks()
-    embeddings = np.ascontiguousarray(vectors.values.to_numpy(zero_copy_only=False).reshape(len(vectors), -1),
-                                      np.float32)
+    embeddings = vector_rows(dataset.to_table(columns=["embedding"]).column("embedding"))
     record = {"name": name, "version": int(dataset.version), "rows": len(embeddings)}
     return index_segment(store, dataset, record, items, embeddings, scratch, build_graph), embeddings
