@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import platform
+import queue
+import resource
 import shutil
 import socket
 import statistics
@@ -90,3 +93,31 @@ def copy_home(source: DataHome, target: Path) -> DataHome:
                     ignore=shutil.ignore_patterns("incoming", "processed", "rejected", "tmp", "state", ".writer.*"))
     return DataHome(target).ensure()
 
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def peak_resident_mib() -> int:
+    """This process's largest resident memory so far (Linux's VmHWM: getrusage's ru_maxrss would count
+    what a spawning parent held when it forked)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return round(int(line.split()[1]) / 1024)
+
+
+def in_child(target, *args):
+    """`target(*args, queue)` run in a fresh process; what it put in the queue."""
+    context = multiprocessing.get_context("spawn")
+    result = context.Queue()
+    child = context.Process(target=target, args=(*args, result))
+    child.start()
+    while True:
+        try:
+            answer = result.get(timeout=5)
+        except queue.Empty:
+            if not child.is_alive():
+                raise SystemExit(f"{target.__name__} stopped without an answer (its error is above)") from None
+            continue
+        child.join()
+        return answer

@@ -19,16 +19,14 @@ import argparse
 import contextlib
 import importlib
 import json
-import multiprocessing
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import machine
+from benchmarks.common import in_child, machine, peak_resident_mib, resident_bytes
 from storage.catalog import CatalogItems
 from storage.home import DataHome
 from storage.objects import open_store
@@ -55,18 +53,6 @@ def grown(items: CatalogItems, embeddings: np.ndarray, size: int, seed: int = 0)
         vectors.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
     joined = CatalogItems.concatenate(parts).subset(np.arange(size))
     return joined, np.concatenate(vectors)[:size].astype(np.float32)
-
-
-def resident_bytes() -> int:
-    """This process's resident memory now (Linux)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-
-
-def peak_resident_mib() -> int:
-    """This process's largest resident memory so far (Linux's VmHWM: getrusage's ru_maxrss would count
-    what a spawning parent held when it forked)."""
-    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
-    return round(int(line.split()[1]) / 1024)
 
 
 def timed_queries(index, queries: np.ndarray, truth: np.ndarray) -> dict:
@@ -124,7 +110,6 @@ def measure_size(items: CatalogItems, embeddings: np.ndarray, size: int, queries
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
     truth = exact_knn(queries, vectors, K)[1]
     figures = {"items": size, "in_memory_bytes_estimate": in_memory_bytes(catalogue)}
-    context = multiprocessing.get_context("spawn")
     runs = [(path, limit, str(scratch / f"store-{size}")) for path, limit in PATHS.items()]
     if s3_uri:
         runs.append(("on_demand_s3", PATHS["on_demand"], f"{s3_uri}/store-{size}"))
@@ -134,12 +119,8 @@ def measure_size(items: CatalogItems, embeddings: np.ndarray, size: int, queries
         record = write_segment(open_store(uri, scratch / "cache"), f"20260101T000000000000Z-{size}{number}",
                                catalogue, vectors, scratch)
         written = time.perf_counter() - started
-        result = context.Queue()
-        child = context.Process(target=measure_open, args=(uri, record, catalogue.images.shape[1:], queries, truth,
-                                                           (), result))
-        child.start()
-        figures[path] = {"write_and_index_s": round(written, 2), **result.get(), "index": record.get("index", "hnsw")}
-        child.join()
+        opened = in_child(measure_open, uri, record, catalogue.images.shape[1:], queries, truth, ())
+        figures[path] = {"write_and_index_s": round(written, 2), **opened, "index": record.get("index", "hnsw")}
     return figures
 
 

@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing
 import os
-import queue
 import resource
 import sys
 import tempfile
@@ -30,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import load_split, machine, mirror_dir
-from benchmarks.lance_index import K, PATHS, measure_open, peak_resident_mib
+from benchmarks.common import in_child, load_split, machine, mirror_dir, peak_resident_mib
+from benchmarks.lance_index import K, PATHS, measure_open
 from storage.catalog import CatalogItems
 from storage.home import DataHome
 from storage.objects import LocalStore
@@ -110,23 +108,6 @@ def index_step(size: int, scratch: str, number: int, limit: str, result) -> None
     seconds = time.perf_counter() - started
     disk = sum(file.stat().st_size for file in store.rglob("*") if file.is_file() and record["name"] in str(file))
     result.put({"record": record, "seconds": round(seconds, 2), "disk_bytes": disk, "peak_memory_mib": peak_mib()})
-
-
-def in_child(target, *args):
-    """`target(*args, queue)` run in a fresh process; what it put in the queue."""
-    context = multiprocessing.get_context("spawn")
-    result = context.Queue()
-    child = context.Process(target=target, args=(*args, result))
-    child.start()
-    while True:
-        try:
-            answer = result.get(timeout=5)
-        except queue.Empty:
-            if not child.is_alive():
-                raise SystemExit(f"{target.__name__} stopped without an answer (its error is above)") from None
-            continue
-        child.join()
-        return answer
 
 
 def measure(home: str, mirror: str, size: int, scratch: Path, queries_count: int) -> dict:
