@@ -28,13 +28,12 @@ import numpy as np
 
 from storage.catalog import Catalog, CatalogItems
 from storage.home import CATALOG, DataHome
-from storage.location import lance_storage_options
 from storage.removals import REMOVALS
 from storage.embedder import EMBEDDER_FILE
 from storage.releases import (MANIFEST, MODEL_FILE, RELEASE_ID_FORMAT, RELEASES, RETIRED_THROUGH, SEGMENT_NAME_PATTERN, Release,
                               ReleaseWriter, complete_release_ids, latest_release_id, model_key, read_manifest,
                               release_key, retired_through)
-from storage.search_index import SEGMENTS, read_segment, segment_key
+from storage.search_index import SEGMENTS, open_segment, read_segment, segment_key
 
 # readers never write, so "in use" means "recently live": a page or service follows LATEST every
 # second or so and a query takes milliseconds, so a release not live for 15 minutes has no reader
@@ -44,10 +43,7 @@ RECENTLY_LIVE_MINUTES = 15.0
 
 def segment_item_ids(store, record: dict[str, Any]) -> np.ndarray:
     """The item ids of a segment (its one small column, read at the version its record names)."""
-    import lance
-
-    dataset = lance.dataset(store.url(segment_key(record["name"])), version=int(record["version"]),
-                            storage_options=lance_storage_options(store.uri))
+    dataset = open_segment(store, record, whole=False)
     return dataset.to_table(columns=["item_id"]).column("item_id").to_numpy().astype(np.int64)
 
 

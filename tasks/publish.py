@@ -20,6 +20,7 @@ from storage.dataset import DatasetDescription, read_home_dataset, write_home_da
 from storage.home import DataHome
 from storage.releases import (METRICS_FILE, ModelRecord, Release, ReleaseManifest, ReleaseWriter, complete_release_ids,
                               delete_segment, release_key, retired_through)
+from storage.lifecycle import carried_metrics
 from storage.session import WriterSession
 from tasks.evaluate import GateDecision, evaluate_release, gate, markdown_report, report_artifact
 from tasks.ingest import DropScan, move_processed
@@ -135,8 +136,7 @@ def publish_drops(session: WriterSession, scan: DropScan, writer: ReleaseWriter,
     session.catalog.add(items, writer.release_id)  # before the release: recover() drops them if it never comes
     manifest = ReleaseManifest("reindex", live.release_id, len(live.items) + len(items), live.manifest["model"],
                                scan.dataset, {"added_items": len(items)})
-    metrics = {**live.metrics, "metrics_carried_from": live.metrics.get("metrics_carried_from", live.release_id)}
-    release_id = publish_release(home, writer, manifest, metrics, new_items=items, new_embeddings=embedded.embeddings,
+    release_id = publish_release(home, writer, manifest, carried_metrics(live), new_items=items, new_embeddings=embedded.embeddings,
                                  base=live, segment=embedded.segment)
     recorded = read_home_dataset(home)
     if recorded and scan.dataset.num_classes > live.dataset.num_classes:  # new classes: the next run keeps their index
